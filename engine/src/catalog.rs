@@ -1,0 +1,197 @@
+//! The catalog: one SQL schema per configured connection, the `public` schema, and the
+//! `joinery` system schema. It is shared by every session; each session sees it through a
+//! [`SessionCatalog`], which adds session-local schemas (the wire layer's `pg_catalog`) without
+//! touching the shared state.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, Weak};
+
+use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider};
+use datafusion::error::{DataFusionError, Result as DfResult};
+
+use crate::connector::Connector;
+use crate::error::{JoineryError, Result};
+use crate::system::SystemSchema;
+
+/// The schema unqualified names resolve to when `search_path` names nothing else.
+pub const DEFAULT_SCHEMA: &str = "public";
+/// Joinery's own tables (connections, tables, columns, and later calls and queries).
+pub const SYSTEM_SCHEMA: &str = "joinery";
+
+/// Names that a connection may not take because the engine or the wire layer owns them.
+pub const RESERVED_SCHEMAS: &[&str] = &[
+    DEFAULT_SCHEMA,
+    SYSTEM_SCHEMA,
+    "pg_catalog",
+    "information_schema",
+];
+
+/// A configured connection as the catalog knows it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub name: String,
+    pub kind: String,
+    pub connector: Arc<dyn Connector>,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    name: String,
+    schemas: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
+    connections: RwLock<BTreeMap<String, ConnectionInfo>>,
+}
+
+fn poisoned<T>(_: T) -> JoineryError {
+    JoineryError::internal("catalog lock poisoned")
+}
+
+impl Catalog {
+    /// A catalog named `name` (what `current_database()` answers) with the `public` and
+    /// `joinery` schemas.
+    pub fn new(name: impl Into<String>) -> Arc<Self> {
+        Arc::new_cyclic(|weak: &Weak<Catalog>| {
+            let mut schemas: BTreeMap<String, Arc<dyn SchemaProvider>> = BTreeMap::new();
+            schemas.insert(
+                DEFAULT_SCHEMA.to_string(),
+                Arc::new(MemorySchemaProvider::new()),
+            );
+            schemas.insert(
+                SYSTEM_SCHEMA.to_string(),
+                Arc::new(SystemSchema::new(weak.clone())),
+            );
+            Catalog {
+                name: name.into(),
+                schemas: RwLock::new(schemas),
+                connections: RwLock::new(BTreeMap::new()),
+            }
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Add a connection: its tables become the schema `name`. Replaces an existing connection of
+    /// the same name (that is how a refresh works).
+    pub async fn add_connection(&self, name: &str, connector: Arc<dyn Connector>) -> Result<()> {
+        if RESERVED_SCHEMAS.contains(&name) {
+            return Err(JoineryError::config(format!(
+                "connection name '{name}' is reserved; choose another name"
+            )));
+        }
+        let tables = connector.tables().await.map_err(|e| {
+            if e.connection.is_none() {
+                e.with_connection(name)
+            } else {
+                e
+            }
+        })?;
+        let schema = MemorySchemaProvider::new();
+        for t in tables {
+            schema
+                .register_table(t.name.clone(), t.provider)
+                .map_err(|e| JoineryError::internal(e.to_string()).with_connection(name))?;
+        }
+        self.schemas
+            .write()
+            .map_err(poisoned)?
+            .insert(name.to_string(), Arc::new(schema));
+        self.connections.write().map_err(poisoned)?.insert(
+            name.to_string(),
+            ConnectionInfo {
+                name: name.to_string(),
+                kind: connector.kind().to_string(),
+                connector,
+            },
+        );
+        Ok(())
+    }
+
+    /// Re-read a connection's tables (new tables, changed columns).
+    pub async fn refresh(&self, name: &str) -> Result<()> {
+        let info = self.connection(name).ok_or_else(|| {
+            JoineryError::new(
+                crate::ErrorKind::NotFound,
+                format!("no connection named '{name}'"),
+            )
+        })?;
+        self.add_connection(name, info.connector).await
+    }
+
+    pub fn connection(&self, name: &str) -> Option<ConnectionInfo> {
+        self.connections.read().ok()?.get(name).cloned()
+    }
+
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.connections
+            .read()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn schema_names(&self) -> Vec<String> {
+        self.schemas
+            .read()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        self.schemas.read().ok()?.get(name).cloned()
+    }
+
+    /// A per-session view of this catalog.
+    pub fn session_view(self: &Arc<Self>) -> Arc<SessionCatalog> {
+        Arc::new(SessionCatalog {
+            shared: self.clone(),
+            local: RwLock::new(BTreeMap::new()),
+        })
+    }
+}
+
+/// What one session sees: the shared catalog plus schemas registered by this session only.
+#[derive(Debug)]
+pub struct SessionCatalog {
+    shared: Arc<Catalog>,
+    local: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
+}
+
+impl SessionCatalog {
+    pub fn shared(&self) -> &Arc<Catalog> {
+        &self.shared
+    }
+}
+
+impl CatalogProvider for SessionCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        let mut names = self.shared.schema_names();
+        if let Ok(local) = self.local.read() {
+            for k in local.keys() {
+                if !names.contains(k) {
+                    names.push(k.clone());
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if let Some(s) = self.local.read().ok().and_then(|l| l.get(name).cloned()) {
+            return Some(s);
+        }
+        self.shared.schema(name)
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        let mut local = self
+            .local
+            .write()
+            .map_err(|_| DataFusionError::Internal("session catalog lock poisoned".into()))?;
+        Ok(local.insert(name.to_string(), schema))
+    }
+}

@@ -1,0 +1,18 @@
+//! Joinery's engine: the DataFusion session factory, the catalog (one SQL schema per configured
+//! connection plus the `joinery` system schema), the connector contract, and the error kinds every
+//! layer shares.
+//!
+//! The engine never names a SaaS tool: connectors live in `joinery-providers` and reach the engine
+//! only through [`connector::Connector`].
+
+pub mod catalog;
+pub mod connector;
+pub mod error;
+pub mod meta;
+pub mod session;
+pub mod system;
+
+pub use catalog::{Catalog, DEFAULT_SCHEMA, SYSTEM_SCHEMA};
+pub use connector::{Connector, TableEntry};
+pub use error::{ErrorKind, JoineryError, Result};
+pub use session::{EngineConfig, SessionFactory};

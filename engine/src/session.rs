@@ -1,0 +1,84 @@
+//! Builds the DataFusion session each client connection runs its statements in.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::catalog::{Catalog, DEFAULT_SCHEMA, SessionCatalog};
+use crate::error::{JoineryError, Result};
+
+/// Engine limits, from the `[server]` section of the config.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Memory one statement may hold (sorts, joins, aggregates spill or fail beyond it).
+    pub query_memory_limit: usize,
+    /// Parallelism of one statement.
+    pub target_partitions: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            query_memory_limit: 1024 * 1024 * 1024,
+            target_partitions: std::thread::available_parallelism()
+                .map(NonZeroUsize::get)
+                .unwrap_or(2),
+        }
+    }
+}
+
+/// Makes sessions over one shared catalog.
+#[derive(Debug, Clone)]
+pub struct SessionFactory {
+    catalog: Arc<Catalog>,
+    config: EngineConfig,
+}
+
+impl SessionFactory {
+    pub fn new(catalog: Arc<Catalog>, config: EngineConfig) -> Self {
+        Self { catalog, config }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// A fresh session: its own settings and its own memory pool (one statement runs at a time
+    /// in a session, so the pool bounds each statement), seeing the shared catalog.
+    ///
+    /// `database` is the name the catalog answers to in this session (what the client asked for
+    /// at connect time); `None` uses the catalog's own name.
+    pub fn new_session(
+        &self,
+        database: Option<&str>,
+    ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
+        let database = database.unwrap_or(self.catalog.name());
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(database, DEFAULT_SCHEMA)
+            .with_target_partitions(self.config.target_partitions.max(1));
+        // Postgres semantics: unquoted identifiers fold to lowercase, `1.5` is numeric.
+        config.options_mut().sql_parser.enable_ident_normalization = true;
+        config.options_mut().sql_parser.parse_float_as_decimal = true;
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(self.config.query_memory_limit),
+            NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
+        );
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(pool))
+            .build_arc()
+            .map_err(|e| JoineryError::internal(format!("cannot build runtime: {e}")))?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let view = self.catalog.session_view();
+        ctx.register_catalog(database, view.clone());
+        Ok((ctx, view))
+    }
+}

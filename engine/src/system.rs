@@ -1,0 +1,251 @@
+//! The `joinery` system schema: what is configured, described as SQL tables so users and agents
+//! discover connections, tables and column descriptions with plain queries.
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+
+use arrow::array::{ArrayRef, BooleanBuilder, StringBuilder, UInt32Builder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::catalog::Catalog;
+use crate::meta::{self, described, with_table_description};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SystemTableKind {
+    Connections,
+    Tables,
+    Columns,
+}
+
+impl SystemTableKind {
+    const ALL: [SystemTableKind; 3] = [
+        SystemTableKind::Connections,
+        SystemTableKind::Tables,
+        SystemTableKind::Columns,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            SystemTableKind::Connections => "connections",
+            SystemTableKind::Tables => "tables",
+            SystemTableKind::Columns => "columns",
+        }
+    }
+
+    fn schema(self) -> SchemaRef {
+        let s = |n: &str, d: &str| described(Field::new(n, DataType::Utf8, true), d);
+        match self {
+            SystemTableKind::Connections => with_table_description(
+                Schema::new(vec![
+                    s("name", "Connection name; also its SQL schema"),
+                    s("kind", "Connector kind (kind = \"...\" in the config)"),
+                    described(
+                        Field::new("table_count", DataType::UInt32, false),
+                        "Number of tables the connection exposes",
+                    ),
+                ]),
+                "Configured connections, one SQL schema each",
+            ),
+            SystemTableKind::Tables => with_table_description(
+                Schema::new(vec![
+                    s("schema_name", "Schema (connection) of the table"),
+                    s("table_name", "Table name"),
+                    s("description", "What the table holds"),
+                ]),
+                "Every table of every connection, with its description",
+            ),
+            SystemTableKind::Columns => with_table_description(
+                Schema::new(vec![
+                    s("schema_name", "Schema (connection) of the table"),
+                    s("table_name", "Table name"),
+                    described(
+                        Field::new("ordinal_position", DataType::UInt32, false),
+                        "1-based column position",
+                    ),
+                    s("column_name", "Column name"),
+                    s("data_type", "Arrow data type of the column"),
+                    described(
+                        Field::new("is_nullable", DataType::Boolean, false),
+                        "Whether the column may be NULL",
+                    ),
+                    s("description", "What the column holds"),
+                ]),
+                "Every column of every connection's tables, with its description",
+            ),
+        }
+    }
+}
+
+/// The `joinery` schema.
+#[derive(Debug)]
+pub struct SystemSchema {
+    catalog: Weak<Catalog>,
+}
+
+impl SystemSchema {
+    pub(crate) fn new(catalog: Weak<Catalog>) -> Self {
+        Self { catalog }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        SystemTableKind::ALL
+            .iter()
+            .map(|k| k.name().to_string())
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Ok(SystemTableKind::ALL
+            .iter()
+            .find(|k| k.name() == name)
+            .map(|k| {
+                Arc::new(SystemTable {
+                    kind: *k,
+                    schema: k.schema(),
+                    catalog: self.catalog.clone(),
+                }) as Arc<dyn TableProvider>
+            }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        SystemTableKind::ALL.iter().any(|k| k.name() == name)
+    }
+}
+
+struct SystemTable {
+    kind: SystemTableKind,
+    schema: SchemaRef,
+    catalog: Weak<Catalog>,
+}
+
+impl fmt::Debug for SystemTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SystemTable({})", self.kind.name())
+    }
+}
+
+impl SystemTable {
+    async fn build(&self) -> DfResult<RecordBatch> {
+        let catalog = self
+            .catalog
+            .upgrade()
+            .ok_or_else(|| DataFusionError::Internal("catalog dropped".into()))?;
+        let columns: Vec<ArrayRef> = match self.kind {
+            SystemTableKind::Connections => {
+                let mut name = StringBuilder::new();
+                let mut kind = StringBuilder::new();
+                let mut count = UInt32Builder::new();
+                for c in catalog.connections() {
+                    let n = match catalog.schema(&c.name) {
+                        Some(s) => s.table_names().len(),
+                        None => 0,
+                    };
+                    name.append_value(&c.name);
+                    kind.append_value(&c.kind);
+                    count.append_value(u32::try_from(n).unwrap_or(u32::MAX));
+                }
+                vec![
+                    Arc::new(name.finish()),
+                    Arc::new(kind.finish()),
+                    Arc::new(count.finish()),
+                ]
+            }
+            SystemTableKind::Tables | SystemTableKind::Columns => {
+                let mut rows: Vec<(String, String, SchemaRef)> = Vec::new();
+                for c in catalog.connections() {
+                    let Some(schema) = catalog.schema(&c.name) else {
+                        continue;
+                    };
+                    let mut names = schema.table_names();
+                    names.sort();
+                    for t in names {
+                        if let Some(p) = schema.table(&t).await? {
+                            rows.push((c.name.clone(), t, p.schema()));
+                        }
+                    }
+                }
+                if self.kind == SystemTableKind::Tables {
+                    let mut s = StringBuilder::new();
+                    let mut t = StringBuilder::new();
+                    let mut d = StringBuilder::new();
+                    for (schema, table, ts) in &rows {
+                        s.append_value(schema);
+                        t.append_value(table);
+                        d.append_option(meta::table_description(ts));
+                    }
+                    vec![
+                        Arc::new(s.finish()),
+                        Arc::new(t.finish()),
+                        Arc::new(d.finish()),
+                    ]
+                } else {
+                    let mut s = StringBuilder::new();
+                    let mut t = StringBuilder::new();
+                    let mut pos = UInt32Builder::new();
+                    let mut cn = StringBuilder::new();
+                    let mut dt = StringBuilder::new();
+                    let mut nullable = BooleanBuilder::new();
+                    let mut d = StringBuilder::new();
+                    for (schema, table, ts) in &rows {
+                        for (i, f) in ts.fields().iter().enumerate() {
+                            s.append_value(schema);
+                            t.append_value(table);
+                            pos.append_value(u32::try_from(i + 1).unwrap_or(u32::MAX));
+                            cn.append_value(f.name());
+                            dt.append_value(f.data_type().to_string());
+                            nullable.append_value(f.is_nullable());
+                            d.append_option(meta::column_description(f));
+                        }
+                    }
+                    vec![
+                        Arc::new(s.finish()),
+                        Arc::new(t.finish()),
+                        Arc::new(pos.finish()),
+                        Arc::new(cn.finish()),
+                        Arc::new(dt.finish()),
+                        Arc::new(nullable.finish()),
+                        Arc::new(d.finish()),
+                    ]
+                }
+            }
+        };
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+#[async_trait]
+impl TableProvider for SystemTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let batch = self.build().await?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}

@@ -1,0 +1,7 @@
+//! Joinery's connectors: one folder per kind, each a small spec on the engine's toolkit, plus
+//! the registry that turns a `[connections.<name>]` section into a live [`Connector`].
+
+pub mod demo;
+pub mod registry;
+
+pub use registry::{ConnectionSpec, ConnectorFactory, factories, factory_for};

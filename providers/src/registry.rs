@@ -1,0 +1,61 @@
+//! Which `kind = "..."` values exist and how each is built.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use joinery_engine::{Connector, JoineryError, Result};
+
+/// A connection as the config file describes it, with `${ENV}` references already resolved.
+#[derive(Debug, Clone)]
+pub struct ConnectionSpec {
+    pub name: String,
+    pub kind: String,
+    pub base_url: Option<String>,
+    /// Kind-specific keys, as JSON values.
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+impl ConnectionSpec {
+    pub fn str_option(&self, key: &str) -> Result<Option<&str>> {
+        match self.options.get(key) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(JoineryError::config(format!(
+                "connection '{}': '{key}' must be a string",
+                self.name
+            ))),
+        }
+    }
+
+    pub fn u64_option(&self, key: &str) -> Result<Option<u64>> {
+        match self.options.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                JoineryError::config(format!(
+                    "connection '{}': '{key}' must be a non-negative integer",
+                    self.name
+                ))
+            }),
+        }
+    }
+}
+
+/// Builds connectors of one kind.
+pub trait ConnectorFactory: Send + Sync {
+    /// The `kind = "..."` value.
+    fn kind(&self) -> &'static str;
+    /// One line for `--help` and docs.
+    fn description(&self) -> &'static str;
+    /// Keys allowed in the connection's section besides `kind` and `base_url`.
+    fn option_keys(&self) -> &'static [&'static str];
+    fn build(&self, spec: &ConnectionSpec) -> Result<Arc<dyn Connector>>;
+}
+
+/// Every connector kind this build knows.
+pub fn factories() -> Vec<&'static dyn ConnectorFactory> {
+    vec![&crate::demo::DemoFactory]
+}
+
+pub fn factory_for(kind: &str) -> Option<&'static dyn ConnectorFactory> {
+    factories().into_iter().find(|f| f.kind() == kind)
+}

@@ -1,0 +1,267 @@
+//! Session commands answered by Joinery itself, before DataFusion sees a statement: SET/SHOW/
+//! RESET, transaction control, DISCARD, DEALLOCATE, LISTEN. Joinery is read-only, so
+//! transactions only track the state drivers expect (`BEGIN` ... `COMMIT`, `E` after an error).
+
+use datafusion::sql::sqlparser::ast::{
+    DiscardObject, Expr, Ident, ObjectName, Reset, Set, Statement, UnaryOperator, Value,
+};
+
+use crate::errors::{SqlError, SqlState};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// `SET name = value`; `None` means `DEFAULT`.
+    Set {
+        name: String,
+        value: Option<String>,
+    },
+    /// `RESET name`; `None` means `RESET ALL`.
+    Reset(Option<String>),
+    Show(String),
+    ShowAll,
+    Begin(&'static str),
+    Commit,
+    Rollback,
+    Savepoint,
+    Release,
+    RollbackTo,
+    DiscardAll,
+    Deallocate(Option<String>),
+    /// Accepted and ignored, answering with this tag.
+    Noop(&'static str),
+}
+
+impl Command {
+    /// Commands allowed while a transaction is in the failed state.
+    pub fn ends_failed_transaction(&self) -> bool {
+        matches!(
+            self,
+            Command::Commit | Command::Rollback | Command::RollbackTo
+        )
+    }
+
+    /// Whether the command returns rows (so Describe answers a RowDescription).
+    pub fn returns_rows(&self) -> bool {
+        matches!(self, Command::Show(_) | Command::ShowAll)
+    }
+}
+
+fn ident(i: &Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_ascii_lowercase()
+    }
+}
+
+fn object_name(n: &ObjectName) -> String {
+    n.0.iter()
+        .filter_map(|p| p.as_ident().map(ident))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The text of a SET value as Postgres would take it.
+fn expr_text(e: &Expr) -> Option<String> {
+    Some(match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s)
+            | Value::DoubleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::NationalStringLiteral(s) => s.clone(),
+            Value::Number(n, _) => n.to_string(),
+            Value::Boolean(b) => if *b { "on" } else { "off" }.to_string(),
+            Value::Null => return None,
+            other => other.to_string(),
+        },
+        Expr::Identifier(i) => {
+            if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") {
+                return None;
+            }
+            i.value.clone()
+        }
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => format!("-{}", expr_text(expr)?),
+        other => other.to_string(),
+    })
+}
+
+fn values_text(values: &[Expr]) -> Option<String> {
+    let parts: Option<Vec<String>> = values.iter().map(expr_text).collect();
+    parts.map(|p| p.join(", "))
+}
+
+/// Recognize a session command; `None` means the statement is for the query engine.
+pub fn classify(stmt: &Statement, user: &str) -> Option<Result<Command, SqlError>> {
+    Some(Ok(match stmt {
+        Statement::Set(set) => match set {
+            Set::SingleAssignment {
+                variable, values, ..
+            } => Command::Set {
+                name: object_name(variable),
+                value: values_text(values),
+            },
+            Set::MultipleAssignments { assignments } if assignments.len() == 1 => Command::Set {
+                name: object_name(&assignments[0].name),
+                value: expr_text(&assignments[0].value),
+            },
+            Set::SetTimeZone { value, .. } => Command::Set {
+                name: "timezone".into(),
+                value: expr_text(value),
+            },
+            Set::SetNames { charset_name, .. } => Command::Set {
+                name: "client_encoding".into(),
+                value: Some(charset_name.value.clone()),
+            },
+            Set::SetTransaction { .. } => Command::Noop("SET"),
+            Set::SetRole { role_name, .. } => match role_name {
+                None => Command::Noop("SET"),
+                Some(r) if r.value == user => Command::Noop("SET"),
+                Some(r) => {
+                    return Some(Err(SqlError::new(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        format!("permission denied to set role \"{}\"", r.value),
+                    )));
+                }
+            },
+            Set::SetSessionAuthorization(p) => {
+                let s = p.to_string();
+                if s.eq_ignore_ascii_case("default") || s.trim_matches('\'') == user {
+                    Command::Noop("SET")
+                } else {
+                    return Some(Err(SqlError::new(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        "permission denied to set session authorization",
+                    )));
+                }
+            }
+            other => {
+                return Some(Err(SqlError::new(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    format!("unsupported SET form: {other}"),
+                )));
+            }
+        },
+        Statement::Reset(r) => match &r.reset {
+            Reset::ALL => Command::Reset(None),
+            Reset::ConfigurationParameter(n) => Command::Reset(Some(object_name(n))),
+        },
+        Statement::ShowVariable { variable } => {
+            let words: Vec<String> = variable.iter().map(ident).collect();
+            let name = words.join(" ");
+            match name.as_str() {
+                "all" => Command::ShowAll,
+                "transaction isolation level" => Command::Show("transaction_isolation".into()),
+                "time zone" => Command::Show("timezone".into()),
+                "session authorization" => Command::Show("session_authorization".into()),
+                _ => Command::Show(words.join(".")),
+            }
+        }
+        Statement::StartTransaction { begin, .. } => {
+            Command::Begin(if *begin { "BEGIN" } else { "START TRANSACTION" })
+        }
+        Statement::Commit { .. } => Command::Commit,
+        Statement::Rollback { savepoint, .. } => {
+            if savepoint.is_some() {
+                Command::RollbackTo
+            } else {
+                Command::Rollback
+            }
+        }
+        Statement::Savepoint { .. } => Command::Savepoint,
+        Statement::ReleaseSavepoint { .. } => Command::Release,
+        Statement::Discard { object_type } => match object_type {
+            DiscardObject::ALL => Command::DiscardAll,
+            DiscardObject::PLANS => Command::Noop("DISCARD PLANS"),
+            DiscardObject::SEQUENCES => Command::Noop("DISCARD SEQUENCES"),
+            DiscardObject::TEMP => Command::Noop("DISCARD TEMP"),
+        },
+        Statement::Deallocate { name, .. } => {
+            if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+                Command::Deallocate(None)
+            } else {
+                Command::Deallocate(Some(name.value.clone()))
+            }
+        }
+        Statement::LISTEN { .. } => Command::Noop("LISTEN"),
+        Statement::UNLISTEN { .. } => Command::Noop("UNLISTEN"),
+        Statement::NOTIFY { .. } => Command::Noop("NOTIFY"),
+        Statement::Close { .. } => Command::Noop("CLOSE CURSOR ALL"),
+        Statement::Declare { .. } | Statement::Fetch { .. } => {
+            return Some(Err(SqlError::new(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "cursors are not supported; use the extended protocol's row limit (fetch size) instead",
+            )));
+        }
+        _ => return None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+
+    fn cmd(sql: &str) -> Option<Command> {
+        let p = PostgresCompatibilityParser::new();
+        let stmts = p.parse(sql).ok()?;
+        classify(stmts.first()?, "alice")?.ok()
+    }
+
+    #[test]
+    fn recognizes_what_clients_send() {
+        assert_eq!(
+            cmd("SET search_path TO public, github"),
+            Some(Command::Set {
+                name: "search_path".into(),
+                value: Some("public, github".into())
+            })
+        );
+        assert_eq!(
+            cmd("SET TIME ZONE 'Europe/Paris'"),
+            Some(Command::Set {
+                name: "timezone".into(),
+                value: Some("Europe/Paris".into())
+            })
+        );
+        assert_eq!(
+            cmd("set extra_float_digits = 3"),
+            Some(Command::Set {
+                name: "extra_float_digits".into(),
+                value: Some("3".into())
+            })
+        );
+        assert_eq!(
+            cmd("SET application_name TO DEFAULT"),
+            Some(Command::Set {
+                name: "application_name".into(),
+                value: None
+            })
+        );
+        assert_eq!(
+            cmd("SHOW TRANSACTION ISOLATION LEVEL"),
+            Some(Command::Show("transaction_isolation".into()))
+        );
+        assert_eq!(
+            cmd("show DateStyle"),
+            Some(Command::Show("datestyle".into()))
+        );
+        assert_eq!(cmd("BEGIN"), Some(Command::Begin("BEGIN")));
+        assert_eq!(
+            cmd("START TRANSACTION READ ONLY"),
+            Some(Command::Begin("START TRANSACTION"))
+        );
+        assert_eq!(cmd("COMMIT"), Some(Command::Commit));
+        assert_eq!(cmd("ROLLBACK"), Some(Command::Rollback));
+        assert_eq!(cmd("DISCARD ALL"), Some(Command::DiscardAll));
+        assert_eq!(cmd("DEALLOCATE ALL"), Some(Command::Deallocate(None)));
+        assert_eq!(
+            cmd("DEALLOCATE s1"),
+            Some(Command::Deallocate(Some("s1".into())))
+        );
+        assert_eq!(cmd("RESET ALL"), Some(Command::Reset(None)));
+        assert_eq!(cmd("SELECT 1"), None);
+    }
+}

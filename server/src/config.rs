@@ -1,0 +1,431 @@
+//! `joinery.toml`: the `[server]` section and one `[connections.<name>]` section per connection.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:5433"      # where the Postgres wire server listens
+//! max_connections = 500
+//! query_memory_limit = "1GiB"    # memory one statement may use
+//! statement_timeout = "0"        # default per session; "30s", "500ms", or milliseconds
+//! database = "joinery"           # what current_database() answers
+//!
+//! [connections.github]           # the connection's name is its SQL schema
+//! kind = "github"
+//! base_url = "https://api.github.com"
+//! token = "${GITHUB_TOKEN}"      # ${NAME} reads an environment variable
+//! ```
+//!
+//! Unknown keys and kinds are errors naming the key and the line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use joinery_engine::{EngineConfig, JoineryError, Result};
+use joinery_providers::{ConnectionSpec, factories, factory_for};
+use serde::Deserialize;
+use toml::Spanned;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5433";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 500;
+pub const DEFAULT_DATABASE: &str = "joinery";
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub statement_timeout: Option<Duration>,
+    pub database: String,
+    pub engine: EngineConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5433))),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            statement_timeout: None,
+            database: DEFAULT_DATABASE.to_string(),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub connections: Vec<ConnectionSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Option<RawServer>,
+    #[serde(default)]
+    connections: BTreeMap<String, BTreeMap<String, Spanned<toml::Value>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    max_connections: Option<usize>,
+    query_memory_limit: Option<toml::Value>,
+    statement_timeout: Option<toml::Value>,
+    database: Option<String>,
+}
+
+/// Where a byte offset of the source lies, for messages.
+fn line_of(source: &str, offset: usize) -> usize {
+    source[..offset.min(source.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            JoineryError::config(format!("cannot read config {}: {e}", path.display()))
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse config text; `origin` names the file in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| JoineryError::config(format!("{origin}: {e}")))?;
+        let mut cfg = Config::default();
+        if let Some(s) = raw.server {
+            if let Some(listen) = s.listen {
+                cfg.server.listen = parse_listen(&listen)
+                    .map_err(|e| JoineryError::config(format!("{origin}: [server] listen: {e}")))?;
+            }
+            if let Some(n) = s.max_connections {
+                if n == 0 {
+                    return Err(JoineryError::config(format!(
+                        "{origin}: [server] max_connections must be at least 1"
+                    )));
+                }
+                cfg.server.max_connections = n;
+            }
+            if let Some(v) = s.query_memory_limit {
+                cfg.server.engine.query_memory_limit = parse_bytes(&v).map_err(|e| {
+                    JoineryError::config(format!("{origin}: [server] query_memory_limit: {e}"))
+                })?;
+            }
+            if let Some(v) = s.statement_timeout {
+                let d = match &v {
+                    toml::Value::Integer(ms) if *ms >= 0 => Duration::from_millis(*ms as u64),
+                    toml::Value::String(s) => parse_duration(s).map_err(|e| {
+                        JoineryError::config(format!("{origin}: [server] statement_timeout: {e}"))
+                    })?,
+                    _ => {
+                        return Err(JoineryError::config(format!(
+                            "{origin}: [server] statement_timeout must be a duration such as \"30s\""
+                        )));
+                    }
+                };
+                cfg.server.statement_timeout = (!d.is_zero()).then_some(d);
+            }
+            if let Some(db) = s.database {
+                cfg.server.database = db;
+            }
+        }
+        for (name, table) in raw.connections {
+            cfg.connections
+                .push(connection_spec(text, origin, &name, table)?);
+        }
+        Ok(cfg)
+    }
+}
+
+fn connection_spec(
+    text: &str,
+    origin: &str,
+    name: &str,
+    table: BTreeMap<String, Spanned<toml::Value>>,
+) -> Result<ConnectionSpec> {
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if !valid_name {
+        return Err(JoineryError::config(format!(
+            "{origin}: connection name '{name}' must be lowercase letters, digits and '_' (it becomes a SQL schema)"
+        )));
+    }
+    let at = |v: &Spanned<toml::Value>| format!("{origin} line {}", line_of(text, v.span().start));
+    let kind = match table.get("kind") {
+        Some(v) => match v.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            _ => {
+                return Err(JoineryError::config(format!(
+                    "{}: [connections.{name}] kind must be a string",
+                    at(v)
+                )));
+            }
+        },
+        None => {
+            return Err(JoineryError::config(format!(
+                "{origin}: [connections.{name}] has no kind; known kinds: {}",
+                known_kinds()
+            )));
+        }
+    };
+    let Some(factory) = factory_for(&kind) else {
+        let v = &table["kind"];
+        return Err(JoineryError::config(format!(
+            "{}: [connections.{name}] unknown kind '{kind}'; known kinds: {}",
+            at(v),
+            known_kinds()
+        )));
+    };
+    let mut spec = ConnectionSpec {
+        name: name.to_string(),
+        kind: kind.clone(),
+        base_url: None,
+        options: BTreeMap::new(),
+    };
+    for (key, value) in &table {
+        match key.as_str() {
+            "kind" => {}
+            "base_url" => match value.get_ref() {
+                toml::Value::String(s) => {
+                    spec.base_url = Some(interpolate(s).map_err(|e| {
+                        JoineryError::config(format!(
+                            "{}: [connections.{name}] base_url: {e}",
+                            at(value)
+                        ))
+                    })?)
+                }
+                _ => {
+                    return Err(JoineryError::config(format!(
+                        "{}: [connections.{name}] base_url must be a string",
+                        at(value)
+                    )));
+                }
+            },
+            other if factory.option_keys().contains(&other) => {
+                let json = to_json(value.get_ref()).map_err(|e| {
+                    JoineryError::config(format!(
+                        "{}: [connections.{name}] {other}: {e}",
+                        at(value)
+                    ))
+                })?;
+                spec.options.insert(other.to_string(), json);
+            }
+            other => {
+                let allowed: Vec<&str> = ["kind", "base_url"]
+                    .into_iter()
+                    .chain(factory.option_keys().iter().copied())
+                    .collect();
+                return Err(JoineryError::config(format!(
+                    "{}: [connections.{name}] unknown key '{other}' for kind '{kind}'; allowed keys: {}",
+                    at(value),
+                    allowed.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(spec)
+}
+
+fn known_kinds() -> String {
+    factories()
+        .iter()
+        .map(|f| f.kind())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// TOML to JSON, resolving `${NAME}` in every string.
+fn to_json(v: &toml::Value) -> std::result::Result<serde_json::Value, String> {
+    Ok(match v {
+        toml::Value::String(s) => serde_json::Value::String(interpolate(s)?),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(f) => serde_json::Value::from(*f),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => serde_json::Value::Array(
+            a.iter()
+                .map(to_json)
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        toml::Value::Table(t) => serde_json::Value::Object(
+            t.iter()
+                .map(|(k, v)| Ok((k.clone(), to_json(v)?)))
+                .collect::<std::result::Result<_, String>>()?,
+        ),
+    })
+}
+
+/// Replace `${NAME}` with the environment variable NAME. `$${` escapes a literal `${`.
+/// The error names the variable, never a value.
+pub fn interpolate(s: &str) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if let Some(stripped) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix("${") {
+            let end = body
+                .find('}')
+                .ok_or_else(|| "unterminated ${...} reference".to_string())?;
+            let name = &body[..end];
+            if name.starts_with("secret:") {
+                return Err(format!(
+                    "'${{{name}}}' refers to the secret store, which this build does not have yet"
+                ));
+            }
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "'${{{name}}}' is not a valid environment variable reference"
+                ));
+            }
+            let val = std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?;
+            out.push_str(&val);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+pub fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("'{s}' is not a host:port address ({e})"))?
+        .next()
+        .ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+/// "1GiB", "512MB", "1048576" or an integer.
+fn parse_bytes(v: &toml::Value) -> std::result::Result<usize, String> {
+    match v {
+        toml::Value::Integer(i) if *i > 0 => Ok(*i as usize),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (num, unit) = s.split_at(split);
+            let n: usize = num
+                .parse()
+                .map_err(|_| format!("'{s}' is not a size such as \"512MiB\""))?;
+            let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "k" | "kb" | "kib" => 1 << 10,
+                "m" | "mb" | "mib" => 1 << 20,
+                "g" | "gb" | "gib" => 1 << 30,
+                other => return Err(format!("unknown size unit '{other}'")),
+            };
+            n.checked_mul(mult)
+                .filter(|b| *b > 0)
+                .ok_or_else(|| format!("'{s}' is out of range"))
+        }
+        _ => Err("must be a size such as \"1GiB\"".into()),
+    }
+}
+
+/// Postgres-style durations: "500" (ms), "500ms", "30s", "5min", "1h", "1d".
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as \"30s\""))?;
+    let ms = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => n,
+        "us" => n / 1000.0,
+        "s" => n * 1000.0,
+        "min" => n * 60_000.0,
+        "h" => n * 3_600_000.0,
+        "d" => n * 86_400_000.0,
+        other => {
+            return Err(format!(
+                "unknown time unit '{other}' (use ms, s, min, h or d)"
+            ));
+        }
+    };
+    if !ms.is_finite() || ms < 0.0 || ms > 1e12 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_micros((ms * 1000.0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = "[connections.d]\nkind = \"demo\"\nsede = 4\n";
+        let e = Config::parse(text, "j.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("unknown key 'sede'"), "{e}");
+        assert!(e.contains("j.toml line 3"), "{e}");
+    }
+
+    #[test]
+    fn unknown_kind_is_an_error() {
+        let text = "\n[connections.x]\nkind = \"nope\"\n";
+        let e = Config::parse(text, "j.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("unknown kind 'nope'") && e.contains("line 3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_server_key_is_an_error() {
+        let e = Config::parse("[server]\nlisen = \"x\"\n", "j.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("lisen") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn env_interpolation() {
+        let Ok(path) = std::env::var("PATH") else {
+            return;
+        };
+        assert_eq!(interpolate("a${PATH}b"), Ok(format!("a{path}b")));
+        assert_eq!(interpolate("$${X}").as_deref(), Ok("${X}"));
+        assert_eq!(interpolate("cost $5").as_deref(), Ok("cost $5"));
+        let e = interpolate("${JOINERY_TEST_MISSING_VAR}")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("JOINERY_TEST_MISSING_VAR is not set"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(
+            parse_bytes(&toml::Value::String("2MiB".into())),
+            Ok(2 << 20)
+        );
+        assert!(parse_bytes(&toml::Value::String("2 parsecs".into())).is_err());
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("3 fortnights").is_err());
+    }
+}

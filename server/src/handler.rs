@@ -1,0 +1,1248 @@
+//! The Postgres wire handlers: startup, simple and extended query, cancel, error mapping.
+//!
+//! Each connection gets a [`Session`] (its own DataFusion context and settings). Statements are
+//! parsed with `datafusion-pg-catalog`'s Postgres-compatibility parser, session commands are
+//! answered here ([`crate::commands`]), everything else is planned by DataFusion (read-only) and
+//! streamed to the client through [`ResultEncoder`], under the session's cancel token and
+//! `statement_timeout`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::Expr;
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{self, Statement};
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::{Sink, SinkExt, Stream, StreamExt, stream};
+use joinery_engine::SessionFactory;
+use pgwire::api::auth::{
+    ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::cancel::CancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, DEFAULT_NAME, ErrorHandler, PgWireServerHandlers, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::extendedquery::{Parse, ParseComplete};
+use pgwire::messages::response::NoticeResponse;
+use pgwire::messages::response::TransactionStatus;
+use pgwire::messages::startup::{ParameterStatus, SecretKey};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::commands::{Command, classify};
+use crate::config::ServerConfig;
+use crate::encode::ResultEncoder;
+use crate::errors::{SqlError, SqlState, from_datafusion};
+use crate::pgcatalog::{self, SessionInfo};
+use crate::session::Session;
+use crate::settings::{Settings, canonical_name};
+
+/// State shared by every connection of one server.
+pub struct Shared {
+    pub factory: SessionFactory,
+    pub config: ServerConfig,
+    parser: PostgresCompatibilityParser,
+    sessions: Mutex<HashMap<i32, (Vec<u8>, Weak<Session>)>>,
+    next_pid: AtomicI32,
+    pub active_connections: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(factory: SessionFactory, config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            factory,
+            config,
+            parser: PostgresCompatibilityParser::new(),
+            sessions: Mutex::new(HashMap::new()),
+            next_pid: AtomicI32::new(10_000 + (std::process::id() as i32 % 10_000)),
+            active_connections: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, SqlError> {
+        self.parser
+            .parse(sql)
+            .map(|stmts| stmts.into_iter().map(crate::rewrite::apply).collect())
+            .map_err(|e| SqlError::new(SqlState::SYNTAX_ERROR, format!("syntax error: {e}")))
+    }
+
+    fn register(&self, pid: i32, secret: &SecretKey, session: &Arc<Session>) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.retain(|_, (_, w)| w.strong_count() > 0);
+            s.insert(pid, (secret.to_bytes().to_vec(), Arc::downgrade(session)));
+        }
+    }
+
+    /// Build a session for an authenticated user (also used by `joinery query`).
+    pub async fn open_session(
+        &self,
+        pid: i32,
+        user: &str,
+        database: &str,
+        addr: SocketAddr,
+        startup: &BTreeMap<String, String>,
+    ) -> Result<Arc<Session>, SqlError> {
+        // The session's catalog answers to the database name the client asked for.
+        let (ctx, view) = self
+            .factory
+            .new_session(Some(database))
+            .map_err(|e| SqlError::from(&e))?;
+        let settings = Arc::new(Mutex::new(Settings::new(
+            user,
+            startup,
+            self.config.statement_timeout,
+        )));
+        pgcatalog::install(
+            &ctx,
+            &view,
+            SessionInfo {
+                user: user.to_string(),
+                pid,
+                database: database.to_string(),
+                settings: settings.clone(),
+            },
+        )
+        .await
+        .map_err(|e| from_datafusion(&e))?;
+        let session = Arc::new(Session::new(
+            pid,
+            user.to_string(),
+            database.to_string(),
+            addr,
+            ctx,
+            view,
+            settings,
+        ));
+        session.apply_settings()?;
+        Ok(session)
+    }
+
+    pub fn next_pid(&self) -> i32 {
+        self.next_pid.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The handler set for one connection.
+pub struct Handlers {
+    shared: Arc<Shared>,
+}
+
+impl Handlers {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::new(QueryHandler {
+            shared: self.shared.clone(),
+            parser: Arc::new(StatementParser {
+                shared: self.shared.clone(),
+            }),
+        })
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::new(QueryHandler {
+            shared: self.shared.clone(),
+            parser: Arc::new(StatementParser {
+                shared: self.shared.clone(),
+            }),
+        })
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::new(Startup {
+            shared: self.shared.clone(),
+        })
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(Errors)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(Cancel {
+            shared: self.shared.clone(),
+        })
+    }
+}
+
+fn fatal(state: SqlState, msg: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_string(),
+        state.0.to_string(),
+        msg.into(),
+    )))
+}
+
+struct Params(Vec<(String, String)>);
+
+impl ServerParameterProvider for Params {
+    fn server_parameters<C>(&self, _client: &C) -> Option<HashMap<String, String>>
+    where
+        C: ClientInfo,
+    {
+        Some(self.0.iter().cloned().collect())
+    }
+}
+
+struct Startup {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let PgWireFrontendMessage::Startup(ref startup) = message else {
+            return Ok(());
+        };
+        protocol_negotiation(client, startup).await?;
+        save_startup_parameters_to_metadata(client, startup);
+        let active = self.shared.active_connections.load(Ordering::Relaxed);
+        if active > self.shared.config.max_connections {
+            return Err(fatal(
+                SqlState::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            ));
+        }
+        let Some(user) = startup.parameters.get("user").cloned() else {
+            return Err(fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            ));
+        };
+        let database = startup
+            .parameters
+            .get("database")
+            .cloned()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| user.clone());
+        if database.len() > 63 || database.contains(['.', '"', '\0']) {
+            return Err(fatal(
+                SqlState("3D000"),
+                format!("database \"{database}\" does not exist"),
+            ));
+        }
+        let pid = self.shared.next_pid();
+        let secret = SecretKey::I32(rand::random::<i32>());
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let session = self
+            .shared
+            .open_session(
+                pid,
+                &user,
+                &database,
+                client.socket_addr(),
+                &startup.parameters,
+            )
+            .await
+            .map_err(|e| fatal(e.state, e.message))?;
+        self.shared.register(pid, &secret, &session);
+        client.session_extensions().insert(session.clone());
+        let mut params = session.settings().map_err(|e| e.into_pgwire())?.reported();
+        if let Some(app) = startup.parameters.get("application_name") {
+            params.retain(|(k, _)| k != "application_name");
+            params.push(("application_name".into(), app.clone()));
+        }
+        info!(pid, user = %user, database = %database, addr = %client.socket_addr(), "session started");
+        finish_authentication(client, &Params(params)).await
+    }
+}
+
+struct Cancel {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl CancelHandler for Cancel {
+    async fn on_cancel_request(&self, req: CancelRequest) {
+        let target = self.shared.sessions.lock().ok().and_then(|s| {
+            s.get(&req.pid)
+                .filter(|(secret, _)| secret.as_slice() == req.secret_key.to_bytes().as_ref())
+                .and_then(|(_, w)| w.upgrade())
+        });
+        match target {
+            Some(session) => {
+                info!(pid = req.pid, "cancel request");
+                session.cancel();
+            }
+            None => debug!(pid = req.pid, "cancel request for unknown session ignored"),
+        }
+    }
+}
+
+struct Errors;
+
+impl ErrorHandler for Errors {
+    fn on_error<C>(&self, _client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        // Errors raised inside pgwire or arrow-pg (parameter decoding) arrive untyped: classify
+        // them here so clients never see XX000 for their own mistakes.
+        let mapped = match error {
+            PgWireError::ApiError(e) => {
+                if let Some(df) = e.downcast_ref::<datafusion::error::DataFusionError>() {
+                    Some(from_datafusion(df))
+                } else {
+                    Some(SqlError::new(
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        e.to_string(),
+                    ))
+                }
+            }
+            PgWireError::FailedToParseParameter(e) => Some(SqlError::new(
+                SqlState::INVALID_TEXT_REPRESENTATION,
+                format!("invalid parameter value: {e}"),
+            )),
+            PgWireError::StatementNotFound(name) => Some(SqlError::new(
+                SqlState::INVALID_SQL_STATEMENT_NAME,
+                format!("prepared statement \"{name}\" does not exist"),
+            )),
+            PgWireError::PortalNotFound(name) => Some(SqlError::new(
+                SqlState::INVALID_CURSOR_NAME,
+                format!("portal \"{name}\" does not exist"),
+            )),
+            PgWireError::QueryCanceled => Some(SqlError::canceled()),
+            _ => None,
+        };
+        if let Some(m) = mapped {
+            debug!(error = %m, "statement failed");
+            *error = m.into_pgwire();
+        } else {
+            debug!(error = %error, "protocol error");
+        }
+    }
+}
+
+fn session_of<C: ClientInfo + ?Sized>(client: &C) -> PgWireResult<Arc<Session>> {
+    client
+        .session_extensions()
+        .get::<Arc<Session>>()
+        .map(|s| (*s).clone())
+        .ok_or_else(|| {
+            fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                "no session: startup did not complete",
+            )
+        })
+}
+
+/// A statement prepared by Parse (or by a simple query).
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub kind: PreparedKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum PreparedKind {
+    Query {
+        plan: Box<LogicalPlan>,
+        param_types: Vec<Type>,
+        param_data_types: Vec<Option<DataType>>,
+        schema: SchemaRef,
+        /// Column names as Postgres would give them.
+        names: Option<Vec<String>>,
+        tag: &'static str,
+    },
+    Command(Command),
+}
+
+pub struct StatementParser {
+    shared: Arc<Shared>,
+}
+
+/// Postgres types a client may declare in Parse, as SQL types for DataFusion's PREPARE.
+fn sql_type_for(t: &Type) -> Option<ast::DataType> {
+    use ast::DataType as D;
+    Some(match *t {
+        Type::INT2 => D::SmallInt(None),
+        Type::INT4 => D::Int(None),
+        Type::INT8 => D::BigInt(None),
+        Type::FLOAT4 => D::Real,
+        Type::FLOAT8 => D::DoublePrecision,
+        Type::BOOL => D::Boolean,
+        Type::TEXT
+        | Type::VARCHAR
+        | Type::BPCHAR
+        | Type::NAME
+        | Type::JSON
+        | Type::JSONB
+        | Type::UUID => D::Text,
+        Type::DATE => D::Date,
+        Type::TIMESTAMP => D::Timestamp(None, ast::TimezoneInfo::None),
+        Type::TIMESTAMPTZ => D::Timestamp(None, ast::TimezoneInfo::WithTimeZone),
+        Type::BYTEA => D::Bytea,
+        Type::NUMERIC => D::Numeric(ast::ExactNumberInfo::None),
+        Type::OID => D::Int(None),
+        _ => return None,
+    })
+}
+
+/// `SELECT 1` is int4 in Postgres; DataFusion reads every integer literal as Int64. Narrow the
+/// literals of projections that fit, before type coercion runs, so result types match what
+/// drivers expect. Changed expressions keep their original name (an alias), so nothing that
+/// refers to them by name breaks.
+fn narrow_int_literals(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
+    plan.transform_up_with_subqueries(|node| {
+        let LogicalPlan::Projection(_) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        let t = node.map_expressions(|e| {
+            let original = e.schema_name().to_string();
+            let t = e.transform_up(|e| match e {
+                Expr::Literal(ScalarValue::Int64(Some(v)), md) if i32::try_from(v).is_ok() => Ok(
+                    Transformed::yes(Expr::Literal(ScalarValue::Int32(Some(v as i32)), md)),
+                ),
+                other => Ok(Transformed::no(other)),
+            })?;
+            if !t.transformed {
+                return Ok(t);
+            }
+            Ok(Transformed::yes(match t.data {
+                a @ Expr::Alias(_) => a,
+                other => other.alias(original),
+            }))
+        })?;
+        if t.transformed {
+            Ok(Transformed::yes(t.data.recompute_schema()?))
+        } else {
+            Ok(t)
+        }
+    })
+    .map(|t| t.data)
+}
+
+/// Plan one statement for the query engine: read-only, Postgres literal typing.
+///
+/// Returns the plan and Postgres's names for its output columns.
+pub async fn plan_statement(
+    session: &Session,
+    stmt: Statement,
+) -> Result<(LogicalPlan, Option<Vec<String>>), SqlError> {
+    let state = session.ctx.state();
+    let plan = state
+        .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
+        .await
+        .map_err(|e| from_datafusion(&e))?;
+    let plan = match plan {
+        LogicalPlan::Statement(datafusion::logical_expr::Statement::Prepare(p)) => {
+            Arc::unwrap_or_clone(p.input)
+        }
+        other => other,
+    };
+    // Joinery is read-only: no DDL, DML, or DataFusion statements (SET is handled before).
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| {
+            SqlError::new(
+                SqlState::READ_ONLY_TRANSACTION,
+                format!("Joinery is read-only: {}", from_datafusion(&e).message),
+            )
+        })?;
+    let names = crate::naming::output_names(&plan);
+    let plan = narrow_int_literals(plan).map_err(|e| from_datafusion(&e))?;
+    Ok((plan, names))
+}
+
+fn statement_tag(stmt: &Statement) -> &'static str {
+    match stmt {
+        Statement::Explain { .. } => "EXPLAIN",
+        Statement::ShowTables { .. } | Statement::ShowColumns { .. } => "SHOW",
+        _ => "SELECT",
+    }
+}
+
+impl StatementParser {
+    async fn prepare(
+        &self,
+        session: &Session,
+        stmt: Statement,
+        client_types: &[Option<Type>],
+    ) -> Result<Prepared, SqlError> {
+        if let Some(cmd) = classify(&stmt, &session.user) {
+            return Ok(Prepared {
+                kind: PreparedKind::Command(cmd?),
+            });
+        }
+        let tag = statement_tag(&stmt);
+        // When the client declared every parameter type, plan as PREPARE so DataFusion types the
+        // placeholders the way the client will send them.
+        let declared: Option<Vec<ast::DataType>> = if client_types.is_empty() {
+            None
+        } else {
+            client_types
+                .iter()
+                .map(|t| t.as_ref().and_then(sql_type_for))
+                .collect()
+        };
+        let to_plan = match declared {
+            Some(data_types) if matches!(stmt, Statement::Query(_)) => Statement::Prepare {
+                name: ast::Ident::new("joinery_stmt"),
+                data_types,
+                statement: Box::new(stmt),
+            },
+            _ => stmt,
+        };
+        let (plan, names) = plan_statement(session, to_plan).await?;
+        let params = plan
+            .get_parameter_types()
+            .map_err(|e| from_datafusion(&e))?;
+        let mut ordered: Vec<(usize, Option<DataType>)> = params
+            .into_iter()
+            .filter_map(|(k, v)| {
+                k.trim_start_matches('$')
+                    .parse::<usize>()
+                    .ok()
+                    .map(|i| (i, v))
+            })
+            .collect();
+        ordered.sort_by_key(|(i, _)| *i);
+        let n = ordered
+            .last()
+            .map(|(i, _)| *i)
+            .unwrap_or(0)
+            .max(client_types.len());
+        let mut param_data_types: Vec<Option<DataType>> = vec![None; n];
+        for (i, t) in ordered {
+            if i >= 1 && i <= n {
+                param_data_types[i - 1] = t;
+            }
+        }
+        let param_types = param_data_types
+            .iter()
+            .enumerate()
+            .map(|(i, dt)| {
+                if let Some(Some(t)) = client_types.get(i) {
+                    return t.clone();
+                }
+                match dt {
+                    Some(dt) => arrow_pg::datatypes::into_pg_type(dt).unwrap_or(Type::TEXT),
+                    // Postgres resolves an unconstrained parameter as text.
+                    None => Type::TEXT,
+                }
+            })
+            .collect();
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        Ok(Prepared {
+            kind: PreparedKind::Query {
+                plan: Box::new(plan),
+                param_types,
+                param_data_types,
+                schema,
+                names,
+                tag,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let session = session_of(client)?;
+        let mut stmts = self.shared.parse(sql).map_err(SqlError::into_pgwire)?;
+        if stmts.is_empty() {
+            return Ok(None);
+        }
+        if stmts.len() > 1 {
+            return Err(SqlError::new(
+                SqlState::SYNTAX_ERROR,
+                "cannot insert multiple commands into a prepared statement",
+            )
+            .into_pgwire());
+        }
+        let stmt = stmts.remove(0);
+        self.prepare(&session, stmt, types)
+            .await
+            .map(Some)
+            .map_err(SqlError::into_pgwire)
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        Ok(match &stmt.kind {
+            PreparedKind::Query { param_types, .. } => param_types.clone(),
+            PreparedKind::Command(_) => vec![],
+        })
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        let format = column_format.cloned().unwrap_or(Format::UnifiedText);
+        let (schema, names) = match &stmt.kind {
+            PreparedKind::Query { schema, names, .. } => (schema.clone(), names.as_deref()),
+            PreparedKind::Command(c) => match show_schema(c) {
+                Some(s) => (s, None),
+                None => return Ok(vec![]),
+            },
+        };
+        let enc = ResultEncoder::with_names(&schema, names, &format, Default::default())?;
+        Ok((*enc.fields).clone())
+    }
+}
+
+fn show_schema(c: &Command) -> Option<SchemaRef> {
+    match c {
+        Command::Show(name) => Some(Arc::new(Schema::new(vec![Field::new(
+            canonical_name(name),
+            DataType::Utf8,
+            true,
+        )]))),
+        Command::ShowAll => Some(Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("setting", DataType::Utf8, true),
+            Field::new("description", DataType::Utf8, true),
+        ]))),
+        _ => None,
+    }
+}
+
+pub struct QueryHandler {
+    shared: Arc<Shared>,
+    parser: Arc<StatementParser>,
+}
+
+/// Race a future against the statement's cancel token and deadline.
+async fn guarded<T>(
+    fut: impl std::future::Future<Output = Result<T, SqlError>>,
+    token: &CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<T, SqlError> {
+    let timeout = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => Err(SqlError::canceled()),
+        _ = timeout => Err(SqlError::timed_out()),
+        r = fut => r,
+    }
+}
+
+/// Encode a batch stream into wire rows, stopping with 57014 on cancel or timeout and failing
+/// (never truncating) when a batch fails.
+fn row_stream(
+    batches: SendableRecordBatchStream,
+    encoder: Arc<ResultEncoder>,
+    token: CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+    started: Instant,
+    pid: i32,
+) -> impl Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send {
+    let state = (batches, false, 0usize);
+    stream::unfold(state, move |(mut batches, done, rows)| {
+        let token = token.clone();
+        let encoder = encoder.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let next = guarded(async { Ok(batches.next().await) }, &token, deadline).await;
+            match next {
+                Err(e) => Some((Err(e.into_pgwire()), (batches, true, rows))),
+                Ok(None) => {
+                    debug!(
+                        pid,
+                        rows,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "statement finished"
+                    );
+                    None
+                }
+                Ok(Some(Err(e))) => Some((
+                    Err(from_datafusion(&e).into_pgwire()),
+                    (batches, true, rows),
+                )),
+                Ok(Some(Ok(batch))) => {
+                    let n = batch.num_rows();
+                    match encoder.encode(batch) {
+                        Ok(r) => Some((Ok(r), (batches, false, rows + n))),
+                        Err(e) => Some((Err(e), (batches, true, rows))),
+                    }
+                }
+            }
+        }
+    })
+    .flat_map(
+        |r: PgWireResult<Vec<pgwire::messages::data::DataRow>>| match r {
+            Ok(rows) => stream::iter(rows.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => stream::iter(vec![Err(e)]),
+        },
+    )
+}
+
+fn batch_response(
+    schema: SchemaRef,
+    batch: RecordBatch,
+    format: &Format,
+    tag: &str,
+    opts: Arc<pgwire::types::format::FormatOptions>,
+) -> Result<QueryResponse, SqlError> {
+    let enc = ResultEncoder::try_new(&schema, format, opts).map_err(pgwire_to_sql)?;
+    let rows = enc.encode(batch).map_err(pgwire_to_sql)?;
+    let mut resp = QueryResponse::new(enc.fields.clone(), stream::iter(rows.into_iter().map(Ok)));
+    resp.set_command_tag(tag);
+    Ok(resp)
+}
+
+fn pgwire_to_sql(e: PgWireError) -> SqlError {
+    match e {
+        PgWireError::UserError(info) => SqlError {
+            state: SqlState(leak_state(&info.code)),
+            message: info.message,
+            detail: info.detail,
+            hint: info.hint,
+        },
+        other => SqlError::new(SqlState::INTERNAL_ERROR, other.to_string()),
+    }
+}
+
+/// SQLSTATEs are a fixed set of 5-character codes; map known ones back to constants.
+fn leak_state(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "42601", "42P01", "42703", "42883", "3F000", "42704", "42702", "42710", "42804", "42501",
+        "22023", "22P02", "22012", "22003", "22000", "0A000", "55P02", "57014", "53200", "53300",
+        "53400", "54000", "25P02", "25006", "25P01", "25001", "26000", "34000", "08P01", "08006",
+        "28P01", "28000", "F0000", "38000", "HV000", "HV00N", "HV004", "XX000", "57P01",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("XX000")
+}
+
+impl QueryHandler {
+    /// Run a planned query and stream its rows.
+    async fn run_plan(
+        &self,
+        session: &Arc<Session>,
+        plan: LogicalPlan,
+        names: Option<&[String]>,
+        format: &Format,
+        tag: &str,
+    ) -> Result<Response, SqlError> {
+        let token = session.begin_statement();
+        let (timeout, opts) = {
+            let s = session.settings()?;
+            (s.statement_timeout(), Arc::new(s.format_options()))
+        };
+        let started = Instant::now();
+        let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
+        let ctx = session.ctx.clone();
+        let (schema, stream) = guarded(
+            async move {
+                let df = ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(|e| from_datafusion(&e))?;
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let stream = df.execute_stream().await.map_err(|e| from_datafusion(&e))?;
+                Ok((schema, stream))
+            },
+            &token,
+            deadline,
+        )
+        .await?;
+        let encoder = Arc::new(
+            ResultEncoder::with_names(&schema, names, format, opts).map_err(pgwire_to_sql)?,
+        );
+        let fields = encoder.fields.clone();
+        let rows = row_stream(stream, encoder, token, deadline, started, session.pid);
+        let mut resp = QueryResponse::new(fields, rows);
+        resp.set_command_tag(tag);
+        Ok(Response::Query(resp))
+    }
+
+    /// Run a session command.
+    async fn run_command<C>(
+        &self,
+        client: &mut C,
+        session: &Arc<Session>,
+        cmd: &Command,
+        format: &Format,
+    ) -> Result<Response, SqlError>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let status = client.transaction_status();
+        let in_txn = !matches!(status, TransactionStatus::Idle);
+        let mut report: Vec<(String, String)> = Vec::new();
+        let mut notice: Option<(SqlState, &str)> = None;
+        let resp = match cmd {
+            Command::Set { name, value } => {
+                let r = {
+                    let mut s = session.settings()?;
+                    match value {
+                        Some(v) => s.set(name, v)?,
+                        None => s.reset(name)?,
+                    }
+                };
+                report.extend(r);
+                session.apply_settings()?;
+                Response::Execution(Tag::new("SET"))
+            }
+            Command::Reset(name) => {
+                {
+                    let mut s = session.settings()?;
+                    match name {
+                        Some(n) => report.extend(s.reset(n)?),
+                        None => report.extend(s.reset_all()),
+                    }
+                }
+                session.apply_settings()?;
+                Response::Execution(Tag::new("RESET"))
+            }
+            Command::Show(name) => {
+                let value = session
+                    .settings()?
+                    .get(name)
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        SqlError::new(
+                            SqlState::UNDEFINED_OBJECT,
+                            format!("unrecognized configuration parameter \"{name}\""),
+                        )
+                    })?;
+                let schema = show_schema(cmd)
+                    .ok_or_else(|| SqlError::new(SqlState::INTERNAL_ERROR, "show schema"))?;
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(arrow::array::StringArray::from(vec![value]))],
+                )
+                .map_err(|e| SqlError::new(SqlState::INTERNAL_ERROR, e.to_string()))?;
+                let opts = Arc::new(session.settings()?.format_options());
+                Response::Query(batch_response(schema, batch, format, "SHOW", opts)?)
+            }
+            Command::ShowAll => {
+                let all = session.settings()?.all();
+                let schema = show_schema(cmd)
+                    .ok_or_else(|| SqlError::new(SqlState::INTERNAL_ERROR, "show schema"))?;
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(arrow::array::StringArray::from_iter_values(
+                            all.iter().map(|(k, _)| k.as_str()),
+                        )),
+                        Arc::new(arrow::array::StringArray::from_iter_values(
+                            all.iter().map(|(_, v)| v.as_str()),
+                        )),
+                        Arc::new(arrow::array::StringArray::from(vec![
+                            None::<&str>;
+                            all.len()
+                        ])),
+                    ],
+                )
+                .map_err(|e| SqlError::new(SqlState::INTERNAL_ERROR, e.to_string()))?;
+                let opts = Arc::new(session.settings()?.format_options());
+                Response::Query(batch_response(schema, batch, format, "SHOW", opts)?)
+            }
+            Command::Begin(tag) => {
+                if in_txn {
+                    notice = Some((
+                        SqlState::ACTIVE_TRANSACTION,
+                        "there is already a transaction in progress",
+                    ));
+                }
+                Response::TransactionStart(Tag::new(tag))
+            }
+            Command::Commit => {
+                if !in_txn {
+                    notice = Some((
+                        SqlState::NO_ACTIVE_TRANSACTION,
+                        "there is no transaction in progress",
+                    ));
+                }
+                // COMMIT of a failed transaction rolls it back, and says so.
+                let tag = if matches!(status, TransactionStatus::Error) {
+                    "ROLLBACK"
+                } else {
+                    "COMMIT"
+                };
+                Response::TransactionEnd(Tag::new(tag))
+            }
+            Command::Rollback => {
+                if !in_txn {
+                    notice = Some((
+                        SqlState::NO_ACTIVE_TRANSACTION,
+                        "there is no transaction in progress",
+                    ));
+                }
+                Response::TransactionEnd(Tag::new("ROLLBACK"))
+            }
+            Command::Savepoint | Command::Release | Command::RollbackTo => {
+                if !in_txn {
+                    return Err(SqlError::new(
+                        SqlState::NO_ACTIVE_TRANSACTION,
+                        format!(
+                            "{} can only be used in transaction blocks",
+                            match cmd {
+                                Command::Savepoint => "SAVEPOINT",
+                                Command::Release => "RELEASE SAVEPOINT",
+                                _ => "ROLLBACK TO SAVEPOINT",
+                            }
+                        ),
+                    ));
+                }
+                Response::Execution(Tag::new(match cmd {
+                    Command::Savepoint => "SAVEPOINT",
+                    Command::Release => "RELEASE",
+                    _ => "ROLLBACK",
+                }))
+            }
+            Command::DiscardAll => {
+                if in_txn {
+                    return Err(SqlError::new(
+                        SqlState::ACTIVE_TRANSACTION,
+                        "DISCARD ALL cannot run inside a transaction block",
+                    ));
+                }
+                report.extend(session.settings()?.reset_all());
+                session.apply_settings()?;
+                deallocate(client, session, None);
+                client.portal_store().clear_portals();
+                Response::Execution(Tag::new("DISCARD ALL"))
+            }
+            Command::Deallocate(name) => {
+                if let Some(n) = name {
+                    let known = session
+                        .prepared
+                        .lock()
+                        .map(|p| p.contains(n))
+                        .unwrap_or(false);
+                    if !known {
+                        return Err(SqlError::new(
+                            SqlState::INVALID_SQL_STATEMENT_NAME,
+                            format!("prepared statement \"{n}\" does not exist"),
+                        ));
+                    }
+                }
+                deallocate(client, session, name.as_deref());
+                Response::Execution(Tag::new(if name.is_some() {
+                    "DEALLOCATE"
+                } else {
+                    "DEALLOCATE ALL"
+                }))
+            }
+            Command::Noop(tag) => Response::Execution(Tag::new(tag)),
+        };
+        if let Some((state, msg)) = notice {
+            let mut info = ErrorInfo::new("WARNING".into(), state.0.into(), msg.into());
+            info.severity = "WARNING".into();
+            let _ = client
+                .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+                    info,
+                )))
+                .await;
+        }
+        for (name, value) in report {
+            client
+                .feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+                    name, value,
+                )))
+                .await
+                .map_err(|_| SqlError::new(SqlState::CONNECTION_FAILURE, "client went away"))?;
+        }
+        Ok(resp)
+    }
+
+    async fn run_prepared<C>(
+        &self,
+        client: &mut C,
+        session: &Arc<Session>,
+        prepared: &Prepared,
+        params: Option<&ParamValues>,
+        format: &Format,
+    ) -> Result<Response, SqlError>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if matches!(client.transaction_status(), TransactionStatus::Error) {
+            let ends =
+                matches!(&prepared.kind, PreparedKind::Command(c) if c.ends_failed_transaction());
+            if !ends {
+                return Err(SqlError::in_failed_transaction());
+            }
+        }
+        match &prepared.kind {
+            PreparedKind::Command(cmd) => self.run_command(client, session, cmd, format).await,
+            PreparedKind::Query {
+                plan, tag, names, ..
+            } => {
+                let plan = match params {
+                    Some(p) => plan
+                        .as_ref()
+                        .clone()
+                        .replace_params_with_values(p)
+                        .map_err(|e| from_datafusion(&e))?,
+                    None => {
+                        if !plan
+                            .get_parameter_types()
+                            .map(|p| p.is_empty())
+                            .unwrap_or(true)
+                        {
+                            return Err(SqlError::new(
+                                SqlState::PROTOCOL_VIOLATION,
+                                "there is no parameter $1 (use the extended protocol to bind parameters)",
+                            ));
+                        }
+                        plan.as_ref().clone()
+                    }
+                };
+                self.run_plan(session, plan, names.as_deref(), format, tag)
+                    .await
+            }
+        }
+    }
+}
+
+fn deallocate<C>(client: &mut C, session: &Arc<Session>, name: Option<&str>)
+where
+    C: ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    let Ok(mut prepared) = session.prepared.lock() else {
+        return;
+    };
+    match name {
+        Some(n) => {
+            client.portal_store().rm_statement(n);
+            prepared.remove(n);
+        }
+        None => {
+            for n in prepared.iter() {
+                client.portal_store().rm_statement(n);
+            }
+            prepared.clear();
+        }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for QueryHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client)?;
+        debug!(pid = session.pid, sql = %query, "simple query");
+        let stmts = self.shared.parse(query).map_err(SqlError::into_pgwire)?;
+        if stmts.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut out = Vec::with_capacity(stmts.len());
+        for stmt in stmts {
+            let result = async {
+                let prepared = self.parser.prepare(&session, stmt, &[]).await?;
+                self.run_prepared(client, &session, &prepared, None, &Format::UnifiedText)
+                    .await
+            }
+            .await;
+            match result {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    // Like Postgres: earlier statements' results stand, the rest are skipped.
+                    if out.is_empty() {
+                        return Err(e.into_pgwire());
+                    }
+                    out.push(Response::Error(Box::new(e.into_info())));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for QueryHandler {
+    type Statement = Prepared;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message
+            .name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAME.to_owned());
+        let session = session_of(client)?;
+        if matches!(client.transaction_status(), TransactionStatus::Error) {
+            // Parsing is allowed in a failed transaction only for statements that end it.
+            let ends = self
+                .shared
+                .parse(&message.query)
+                .ok()
+                .and_then(|s| s.first().and_then(|s| classify(s, &session.user)))
+                .and_then(Result::ok)
+                .is_some_and(|c| c.ends_failed_transaction());
+            if !ends && !message.query.trim().is_empty() {
+                return Err(SqlError::in_failed_transaction().into_pgwire());
+            }
+        }
+        match StoredStatement::parse(client, &message, self.parser.clone()).await? {
+            Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        if name != DEFAULT_NAME
+            && let Ok(mut p) = session.prepared.lock()
+        {
+            p.insert(name);
+        }
+        client
+            .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Self::Statement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let params = self.parser.get_parameter_types(&target.statement)?;
+        let fields = self.parser.get_result_schema(&target.statement, None)?;
+        Ok(DescribeStatementResponse::new(params, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        target: &Portal<Self::Statement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let fields = self.parser.get_result_schema(
+            &target.statement.statement,
+            Some(&target.result_column_format),
+        )?;
+        Ok(DescribePortalResponse::new(fields))
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client)?;
+        let prepared = &portal.statement.statement;
+        let params = match &prepared.kind {
+            PreparedKind::Query {
+                param_types,
+                param_data_types,
+                ..
+            } => {
+                let inferred: Vec<Option<&DataType>> =
+                    param_data_types.iter().map(|t| t.as_ref()).collect();
+                let server: Vec<Option<&Type>> = param_types.iter().map(Some).collect();
+                Some(
+                    arrow_pg::datatypes::df::deserialize_parameters_with_server_types(
+                        portal, &inferred, &server,
+                    )?,
+                )
+            }
+            PreparedKind::Command(_) => None,
+        };
+        self.run_prepared(
+            client,
+            &session,
+            prepared,
+            params.as_ref(),
+            &portal.result_column_format,
+        )
+        .await
+        .map_err(SqlError::into_pgwire)
+    }
+}
+
+/// Log-and-continue for connection-level failures.
+pub fn log_connection_error(addr: SocketAddr, e: &std::io::Error) {
+    warn!(%addr, error = %e, "connection ended with an error");
+}

@@ -1,0 +1,13 @@
+//! Joinery's server: the Postgres wire front end, config, and what the `joinery` binary runs.
+
+pub mod commands;
+pub mod config;
+pub mod encode;
+pub mod errors;
+pub mod handler;
+pub mod naming;
+pub mod pgcatalog;
+pub mod rewrite;
+pub mod server;
+pub mod session;
+pub mod settings;

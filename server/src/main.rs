@@ -1,0 +1,265 @@
+//! The `joinery` binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use arrow::record_batch::RecordBatch;
+use clap::{Parser, Subcommand, ValueEnum};
+use joinery_providers::{ConnectionSpec, factories, factory_for};
+use joinery_server::config::{Config, parse_listen};
+use joinery_server::server::{RunningServer, build, run_local};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "joinery",
+    version,
+    about = "Joinery: every SaaS tool as SQL tables, served over the Postgres wire protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Serve the connections of a config file over the Postgres wire protocol.
+    Serve {
+        /// Path to joinery.toml.
+        #[arg(short, long, env = "JOINERY_CONFIG")]
+        config: PathBuf,
+        /// Listen address (overrides [server] listen), e.g. 127.0.0.1:5433.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Serve the demo world (no configuration needed).
+    Demo {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:5433")]
+        listen: String,
+        /// Multiply the demo data volumes.
+        #[arg(long, default_value_t = 1)]
+        scale: u64,
+        /// Seed of the generated data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Run one or more SQL statements and print the results.
+    Query {
+        /// Path to joinery.toml (the demo world when omitted).
+        #[arg(short, long, env = "JOINERY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// The SQL to run.
+        sql: String,
+    },
+    /// Validate a config file and check that each connection is reachable.
+    Check {
+        /// Path to joinery.toml.
+        #[arg(short, long, env = "JOINERY_CONFIG")]
+        config: PathBuf,
+    },
+    /// List the connector kinds this build knows.
+    Kinds,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+fn demo_config(scale: u64, seed: u64) -> Config {
+    let mut cfg = Config::default();
+    cfg.connections.push(ConnectionSpec {
+        name: "demo".into(),
+        kind: "demo".into(),
+        base_url: None,
+        options: [
+            ("scale".to_string(), serde_json::Value::from(scale)),
+            ("seed".to_string(), serde_json::Value::from(seed)),
+        ]
+        .into_iter()
+        .collect(),
+    });
+    cfg
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let shared = build(&config).await.map_err(|e| e.to_string())?;
+    let server = RunningServer::start(shared, config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    info!(
+        "connect with: psql -h {} -p {} -U <user>",
+        server.addr.ip(),
+        server.addr.port()
+    );
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        token.cancel();
+    });
+    server.wait().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print_results(results: &[Vec<RecordBatch>], format: OutputFormat) -> Result<(), String> {
+    for batches in results {
+        match format {
+            OutputFormat::Table => {
+                let table = arrow::util::pretty::pretty_format_batches(batches)
+                    .map_err(|e| e.to_string())?;
+                println!("{table}");
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                println!("({rows} row{})", if rows == 1 { "" } else { "s" });
+            }
+            OutputFormat::Csv => {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(std::io::stdout());
+                for b in batches {
+                    w.write(b).map_err(|e| e.to_string())?;
+                }
+            }
+            OutputFormat::Json => {
+                let mut w = arrow::json::ArrayWriter::new(std::io::stdout());
+                let refs: Vec<&RecordBatch> = batches.iter().collect();
+                w.write_batches(&refs).map_err(|e| e.to_string())?;
+                w.finish().map_err(|e| e.to_string())?;
+                println!();
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Commands::Serve { config, listen } => {
+            let mut cfg = Config::from_file(&config).map_err(|e| e.to_string())?;
+            if let Some(l) = listen {
+                cfg.server.listen = parse_listen(&l)?;
+            }
+            serve(cfg).await
+        }
+        Commands::Demo {
+            listen,
+            scale,
+            seed,
+        } => {
+            let mut cfg = demo_config(scale, seed);
+            cfg.server.listen = parse_listen(&listen)?;
+            serve(cfg).await
+        }
+        Commands::Query {
+            config,
+            format,
+            sql,
+        } => {
+            let cfg = match config {
+                Some(p) => Config::from_file(&p).map_err(|e| e.to_string())?,
+                None => demo_config(1, 42),
+            };
+            let shared = build(&cfg).await.map_err(|e| e.to_string())?;
+            let user = std::env::var("USER").unwrap_or_else(|_| "joinery".into());
+            let results = run_local(&shared, &user, &sql)
+                .await
+                .map_err(|e| format!("ERROR: {} (SQLSTATE {})", e.message, e.state.0))?;
+            print_results(&results, format)
+        }
+        Commands::Check { config } => {
+            let cfg = Config::from_file(&config).map_err(|e| e.to_string())?;
+            println!(
+                "config {} is valid: {} connection(s)",
+                config.display(),
+                cfg.connections.len()
+            );
+            let mut failed = 0;
+            for spec in &cfg.connections {
+                let result = match factory_for(&spec.kind) {
+                    None => Err(format!("unknown kind '{}'", spec.kind)),
+                    Some(f) => match f.build(spec) {
+                        Err(e) => Err(e.to_string()),
+                        Ok(c) => c.check().await.map_err(|e| e.to_string()),
+                    },
+                };
+                match result {
+                    Ok(status) => println!("  ok    {} ({}): {status}", spec.name, spec.kind),
+                    Err(e) => {
+                        failed += 1;
+                        println!("  FAIL  {} ({}): {e}", spec.name, spec.kind);
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(format!("{failed} connection(s) failed"));
+            }
+            Ok(())
+        }
+        Commands::Kinds => {
+            for f in factories() {
+                println!("{:<12} {}", f.kind(), f.description());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("joinery: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Building Joinery from a config, serving it, and running one statement in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use joinery_engine::{Catalog, JoineryError, SessionFactory};
+use joinery_providers::factory_for;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::errors::{SqlError, SqlState, from_datafusion};
+use crate::handler::{Handlers, Shared, log_connection_error};
+
+/// Build the catalog and everything a server needs from a config.
+pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
+    let catalog = Catalog::new(config.server.database.clone());
+    for spec in &config.connections {
+        let factory = factory_for(&spec.kind).ok_or_else(|| {
+            JoineryError::config(format!(
+                "connection '{}': unknown kind '{}'",
+                spec.name, spec.kind
+            ))
+        })?;
+        let connector = factory.build(spec)?;
+        catalog.add_connection(&spec.name, connector).await?;
+        info!(connection = %spec.name, kind = %spec.kind, "connection ready");
+    }
+    let factory = SessionFactory::new(catalog, config.server.engine.clone());
+    Ok(Shared::new(factory, config.server.clone()))
+}
+
+/// A server accepting connections in the background.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a shutdown waits for open sessions before closing them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl RunningServer {
+    /// Bind `addr` (port 0 picks a free port) and start accepting.
+    pub async fn start(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<RunningServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                    accepted = listener.accept() => match accepted {
+                        Ok((socket, peer)) => {
+                            let _ = socket.set_nodelay(true);
+                            shared.active_connections.fetch_add(1, Ordering::Relaxed);
+                            let slot = ConnectionSlot(shared.clone());
+                            let handlers = Arc::new(Handlers::new(shared.clone()));
+                            conns.spawn(async move {
+                                let _slot = slot;
+                                if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                                    log_connection_error(peer, &e);
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and similar: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+            drop(listener);
+            info!(open = conns.len(), "shutting down: no new connections");
+            let drain = async { while conns.join_next().await.is_some() {} };
+            if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+                warn!(
+                    open = conns.len(),
+                    "closing sessions still open after the grace period"
+                );
+                conns.shutdown().await;
+            }
+        });
+        info!(%addr, "listening (Postgres wire protocol)");
+        Ok(RunningServer {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stop accepting, let open sessions finish (up to the grace period), then return.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// A handle that triggers shutdown from elsewhere.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Run statements in-process as `user` (for `joinery query`), returning each result.
+pub async fn run_local(
+    shared: &Arc<Shared>,
+    user: &str,
+    sql: &str,
+) -> Result<Vec<Vec<RecordBatch>>, SqlError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let session = shared
+        .open_session(
+            shared.next_pid(),
+            user,
+            &shared.config.database.clone(),
+            addr,
+            &Default::default(),
+        )
+        .await?;
+    let mut results = Vec::new();
+    for stmt in shared.parse(sql)? {
+        if crate::commands::classify(&stmt, user).is_some() {
+            return Err(SqlError::new(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "session commands (SET, BEGIN, ...) have no effect in `joinery query`; connect with psql instead",
+            ));
+        }
+        let (plan, _) = crate::handler::plan_statement(&session, stmt).await?;
+        let df = session
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| from_datafusion(&e))?;
+        results.push(df.collect().await.map_err(|e| from_datafusion(&e))?);
+    }
+    Ok(results)
+}

@@ -1,0 +1,100 @@
+//! One client connection's state: its DataFusion session, settings, and the token that cancels
+//! the statement it is running.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use datafusion::prelude::SessionContext;
+use joinery_engine::catalog::SessionCatalog;
+use tokio_util::sync::CancellationToken;
+
+use crate::errors::{SqlError, SqlState};
+use crate::settings::Settings;
+
+pub struct Session {
+    pub pid: i32,
+    pub user: String,
+    pub database: String,
+    pub addr: SocketAddr,
+    pub ctx: SessionContext,
+    pub catalog: Arc<SessionCatalog>,
+    pub settings: Arc<Mutex<Settings>>,
+    current: Mutex<Option<CancellationToken>>,
+    /// Names of prepared statements, for DEALLOCATE ALL / DISCARD ALL.
+    pub prepared: Mutex<BTreeSet<String>>,
+}
+
+impl Session {
+    pub fn new(
+        pid: i32,
+        user: String,
+        database: String,
+        addr: SocketAddr,
+        ctx: SessionContext,
+        catalog: Arc<SessionCatalog>,
+        settings: Arc<Mutex<Settings>>,
+    ) -> Self {
+        Self {
+            pid,
+            user,
+            database,
+            addr,
+            ctx,
+            catalog,
+            settings,
+            current: Mutex::new(None),
+            prepared: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn settings(&self) -> Result<MutexGuard<'_, Settings>, SqlError> {
+        self.settings
+            .lock()
+            .map_err(|_| SqlError::new(SqlState::INTERNAL_ERROR, "session settings lock poisoned"))
+    }
+
+    /// A fresh cancel token for the statement about to run.
+    pub fn begin_statement(&self) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Ok(mut cur) = self.current.lock() {
+            *cur = Some(token.clone());
+        }
+        token
+    }
+
+    /// CancelRequest: stop whatever this session is running.
+    pub fn cancel(&self) {
+        if let Ok(cur) = self.current.lock()
+            && let Some(t) = cur.as_ref()
+        {
+            t.cancel();
+        }
+    }
+
+    /// Push settings that DataFusion itself uses (default schema, time zone) into its config.
+    pub fn apply_settings(&self) -> Result<(), SqlError> {
+        let (path, tz) = {
+            let s = self.settings()?;
+            (s.search_path(), s.time_zone().to_string())
+        };
+        let schemas = {
+            use datafusion::catalog::CatalogProvider;
+            self.catalog.schema_names()
+        };
+        let default_schema = path
+            .into_iter()
+            .find(|p| schemas.contains(p))
+            .unwrap_or_else(|| joinery_engine::DEFAULT_SCHEMA.to_string());
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        let opts = state.config_mut().options_mut();
+        opts.catalog.default_schema = default_schema;
+        opts.execution.time_zone = Some(if tz == "UTC" || tz == "Etc/UTC" {
+            "+00:00".to_string()
+        } else {
+            tz
+        });
+        Ok(())
+    }
+}
