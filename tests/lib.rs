@@ -1,1 +1,116 @@
+//! Test support: a Joinery server on an ephemeral port, clients for it, and the addresses of
+//! the local services (PostgreSQL, MariaDB, Redis) tests may use.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use joinery_server::config::Config;
+use joinery_server::handler::Shared;
+use joinery_server::server::{RunningServer, build};
+
+/// A demo-world config; tests add connections as they need.
+pub const DEMO_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+statement_timeout = "60s"
+
+[connections.demo]
+kind = "demo"
+"#;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    server: Option<RunningServer>,
+}
+
+impl TestServer {
+    pub async fn demo() -> TestServer {
+        Self::with_config(DEMO_CONFIG).await
+    }
+
+    pub async fn with_config(toml: &str) -> TestServer {
+        let config = Config::parse(toml, "test.toml").expect("test config parses");
+        let shared = build(&config).await.expect("catalog builds");
+        let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let server = RunningServer::start(shared.clone(), listen)
+            .await
+            .expect("server starts");
+        TestServer {
+            addr: server.addr,
+            shared,
+            server: Some(server),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A libpq-style connection string.
+    pub fn conn_str(&self, user: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname=joinery",
+            self.addr.port()
+        )
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        self.client_as("tester").await
+    }
+
+    pub async fn client_as(&self, user: &str) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.conn_str(user), tokio_postgres::NoTls)
+            .await
+            .expect("connects");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// Simple-query rows as text (NULL as `None`), the way psql sees them.
+pub async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let msgs = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The SQLSTATE of a failed statement.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// Whether tests that need an external tool must fail (CI) or may skip (a laptop without it).
+pub fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Report a skipped check loudly; under CI a skip is a failure.
+pub fn skip(what: &str, why: &str) {
+    assert!(!required(), "{what} cannot run under CI: {why}");
+    eprintln!("SKIPPED {what}: {why}");
+}
+
+pub fn pg_url() -> String {
+    std::env::var("JOINERY_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}

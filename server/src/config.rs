@@ -360,7 +360,7 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             ));
         }
     };
-    if !ms.is_finite() || ms < 0.0 || ms > 1e12 {
+    if !ms.is_finite() || !(0.0..=1e12).contains(&ms) {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(Duration::from_micros((ms * 1000.0) as u64))

@@ -489,6 +489,31 @@ fn interval_column(col: &ArrayRef, binary: bool) -> Result<ArrayRef, SqlError> {
     }
 }
 
+/// The text values of an encoded row (text format), as a client would read them.
+pub fn decode_text_row(row: &DataRow) -> Vec<Option<String>> {
+    let mut out = Vec::with_capacity(row.field_count.max(0) as usize);
+    let data = &row.data[..];
+    let mut pos = 0usize;
+    for _ in 0..row.field_count {
+        let Some(len_bytes) = data.get(pos..pos + 4) else {
+            break;
+        };
+        let len = i32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        pos += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let end = pos + len as usize;
+        out.push(
+            data.get(pos..end)
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+        );
+        pos = end;
+    }
+    out
+}
+
 /// Each value of a nested column as JSON text (NULL stays NULL).
 fn to_json_text(field: &Field, col: &ArrayRef) -> Result<ArrayRef, SqlError> {
     let fref: FieldRef = Arc::new(field.clone());

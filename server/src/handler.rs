@@ -60,12 +60,15 @@ use crate::pgcatalog::{self, SessionInfo};
 use crate::session::Session;
 use crate::settings::{Settings, canonical_name};
 
+/// Live sessions by backend pid: the cancel secret and the session.
+type SessionRegistry = Mutex<HashMap<i32, (Vec<u8>, Weak<Session>)>>;
+
 /// State shared by every connection of one server.
 pub struct Shared {
     pub factory: SessionFactory,
     pub config: ServerConfig,
     parser: PostgresCompatibilityParser,
-    sessions: Mutex<HashMap<i32, (Vec<u8>, Weak<Session>)>>,
+    sessions: SessionRegistry,
     next_pid: AtomicI32,
     pub active_connections: AtomicUsize,
 }
@@ -136,7 +139,7 @@ impl Shared {
             view,
             settings,
         ));
-        session.apply_settings()?;
+        session.apply_settings().await?;
         Ok(session)
     }
 
@@ -835,7 +838,7 @@ impl QueryHandler {
                     }
                 };
                 report.extend(r);
-                session.apply_settings()?;
+                session.apply_settings().await?;
                 Response::Execution(Tag::new("SET"))
             }
             Command::Reset(name) => {
@@ -846,7 +849,7 @@ impl QueryHandler {
                         None => report.extend(s.reset_all()),
                     }
                 }
-                session.apply_settings()?;
+                session.apply_settings().await?;
                 Response::Execution(Tag::new("RESET"))
             }
             Command::Show(name) => {
@@ -954,7 +957,7 @@ impl QueryHandler {
                     ));
                 }
                 report.extend(session.settings()?.reset_all());
-                session.apply_settings()?;
+                session.apply_settings().await?;
                 deallocate(client, session, None);
                 client.portal_store().clear_portals();
                 Response::Execution(Tag::new("DISCARD ALL"))

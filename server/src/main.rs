@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use arrow::record_batch::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
 use joinery_providers::{ConnectionSpec, factories, factory_for};
 use joinery_server::config::{Config, parse_listen};
-use joinery_server::server::{RunningServer, build, run_local};
+use joinery_server::server::{RunningServer, TextResult, build, run_local};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -17,8 +16,9 @@ use tracing::{error, info};
     about = "Joinery: every SaaS tool as SQL tables, served over the Postgres wire protocol"
 )]
 struct Cli {
+    /// What to do; without one, Joinery serves the demo world on 127.0.0.1:5433.
     #[command(subcommand)]
-    command: Commands,
+    command: Option<Commands>,
 }
 
 #[derive(Subcommand)]
@@ -139,38 +139,117 @@ async fn shutdown_signal() {
     }
 }
 
-fn print_results(results: &[Vec<RecordBatch>], format: OutputFormat) -> Result<(), String> {
-    for batches in results {
+fn print_results(results: &[TextResult], format: OutputFormat) -> Result<(), String> {
+    for r in results {
         match format {
-            OutputFormat::Table => {
-                let table = arrow::util::pretty::pretty_format_batches(batches)
-                    .map_err(|e| e.to_string())?;
-                println!("{table}");
-                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                println!("({rows} row{})", if rows == 1 { "" } else { "s" });
-            }
+            OutputFormat::Table => print!("{}", render_table(r)),
             OutputFormat::Csv => {
-                let mut w = arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(std::io::stdout());
-                for b in batches {
-                    w.write(b).map_err(|e| e.to_string())?;
+                let mut out = String::new();
+                out.push_str(
+                    &r.columns
+                        .iter()
+                        .map(|c| csv_field(c))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                out.push('\n');
+                for row in &r.rows {
+                    let line: Vec<String> = row
+                        .iter()
+                        .map(|v| v.as_deref().map(csv_field).unwrap_or_default())
+                        .collect();
+                    out.push_str(&line.join(","));
+                    out.push('\n');
                 }
+                print!("{out}");
             }
             OutputFormat::Json => {
-                let mut w = arrow::json::ArrayWriter::new(std::io::stdout());
-                let refs: Vec<&RecordBatch> = batches.iter().collect();
-                w.write_batches(&refs).map_err(|e| e.to_string())?;
-                w.finish().map_err(|e| e.to_string())?;
-                println!();
+                let rows: Vec<serde_json::Value> = r
+                    .rows
+                    .iter()
+                    .map(|row| {
+                        serde_json::Value::Object(
+                            r.columns
+                                .iter()
+                                .zip(row)
+                                .map(|(c, v)| {
+                                    (
+                                        c.clone(),
+                                        v.clone()
+                                            .map(serde_json::Value::String)
+                                            .unwrap_or(serde_json::Value::Null),
+                                    )
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
             }
         }
     }
     Ok(())
 }
 
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// An aligned table in psql's style.
+fn render_table(r: &TextResult) -> String {
+    let width = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = r.columns.iter().map(|c| width(c)).collect();
+    for row in &r.rows {
+        for (i, v) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(v.as_deref().map(width).unwrap_or(0));
+            }
+        }
+    }
+    let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w.saturating_sub(width(s))));
+    let mut out = String::new();
+    let header: Vec<String> = r
+        .columns
+        .iter()
+        .zip(&widths)
+        .map(|(c, w)| {
+            let left = (w.saturating_sub(width(c))) / 2;
+            pad(&format!("{}{c}", " ".repeat(left)), *w)
+        })
+        .collect();
+    out.push_str(&format!(" {} \n", header.join(" | ")));
+    out.push_str(&format!(
+        "{}\n",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("+")
+    ));
+    for row in &r.rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| pad(v.as_deref().unwrap_or(""), *w))
+            .collect();
+        out.push_str(&format!(" {} \n", cells.join(" | ")));
+    }
+    let n = r.rows.len();
+    out.push_str(&format!("({n} row{})\n\n", if n == 1 { "" } else { "s" }));
+    out
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
-    match cli.command {
+    let command = cli.command.unwrap_or(Commands::Demo {
+        listen: joinery_server::config::DEFAULT_LISTEN.to_string(),
+        scale: 1,
+        seed: 42,
+    });
+    match command {
         Commands::Serve { config, listen } => {
             let mut cfg = Config::from_file(&config).map_err(|e| e.to_string())?;
             if let Some(l) = listen {

@@ -54,6 +54,23 @@ fn computed_below(plan: &LogicalPlan) -> Vec<(String, Expr)> {
     }
 }
 
+fn expr_name_below(e: &Expr, below: &[(String, Expr)]) -> Option<String> {
+    let Expr::Column(c) = e else { return None };
+    let found = below
+        .iter()
+        .find(|(n, _)| n == &c.name)
+        .map(|(_, e)| match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        })?;
+    match found {
+        Expr::AggregateFunction(_) | Expr::WindowFunction(_) | Expr::ScalarFunction(_) => {
+            expr_name(found)
+        }
+        _ => None,
+    }
+}
+
 /// The Postgres names of a query's output columns, or `None` to keep DataFusion's.
 pub fn output_names(plan: &LogicalPlan) -> Option<Vec<String>> {
     match plan {
@@ -63,6 +80,19 @@ pub fn output_names(plan: &LogicalPlan) -> Option<Vec<String>> {
                 p.expr
                     .iter()
                     .map(|e| {
+                        // DataFusion aliases `count(Int64(1))` as `count(*)`; Postgres says `count`.
+                        let e = match e {
+                            Expr::Alias(a) if matches!(a.expr.as_ref(), Expr::Column(_)) => {
+                                let inner = expr_name_below(&a.expr, &below);
+                                match inner {
+                                    Some(n) if a.name.starts_with(&format!("{n}(")) => {
+                                        a.expr.as_ref()
+                                    }
+                                    _ => e,
+                                }
+                            }
+                            _ => e,
+                        };
                         let resolved = match e {
                             Expr::Column(c) if c.relation.is_none() => below
                                 .iter()

@@ -253,7 +253,7 @@ fn functions(info: &SessionInfo, index: Arc<DescriptionIndex>) -> Vec<ScalarUDF>
                     .and_then(|a| {
                         a.as_any()
                             .downcast_ref::<BooleanArray>()
-                            .map(|b| b.len() > 0 && b.value(0))
+                            .map(|b| !b.is_empty() && b.value(0))
                     })
                     .unwrap_or(false);
                 let s = settings2
@@ -297,7 +297,7 @@ fn functions(info: &SessionInfo, index: Arc<DescriptionIndex>) -> Vec<ScalarUDF>
                         .and_then(|a| {
                             a.as_any()
                                 .downcast_ref::<BooleanArray>()
-                                .map(|b| b.len() > 0 && b.value(0))
+                                .map(|b| !b.is_empty() && b.value(0))
                         })
                         .unwrap_or(false);
                 let s = settings3
@@ -423,6 +423,122 @@ fn functions(info: &SessionInfo, index: Arc<DescriptionIndex>) -> Vec<ScalarUDF>
             },
         ),
         udf(
+            "pg_function_is_visible",
+            &[
+                "pg_type_is_visible",
+                "pg_opclass_is_visible",
+                "pg_operator_is_visible",
+                "pg_collation_is_visible",
+                "pg_conversion_is_visible",
+                "pg_ts_config_is_visible",
+            ],
+            Signature::any(1, Volatility::Stable),
+            DataType::Boolean,
+            move |args, rows| {
+                let n = ints(args, 0, rows)?.len();
+                if all_scalar(args) {
+                    return Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))));
+                }
+                Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(vec![
+                    true;
+                    n
+                ]))))
+            },
+        ),
+        udf(
+            "pg_get_function_result",
+            &[
+                "pg_get_serial_sequence",
+                "pg_get_function_arguments",
+                "pg_get_function_identity_arguments",
+                "pg_get_functiondef",
+                "pg_get_triggerdef",
+                "pg_get_viewdef",
+                "pg_get_indexdef",
+                "pg_get_ruledef",
+            ],
+            Signature::variadic_any(Volatility::Stable),
+            DataType::Utf8,
+            // Joinery defines no SQL functions, views or indexes of its own to describe.
+            move |args, rows| {
+                let n = match args.first() {
+                    Some(a) => a.to_array(rows)?.len(),
+                    None => 1,
+                };
+                Ok(string_result(args, vec![None; n]))
+            },
+        ),
+        udf(
+            "to_regtype",
+            &[],
+            Signature::any(1, Volatility::Stable),
+            DataType::Int32,
+            move |args, rows| {
+                let names = strings(args, 0, rows)?;
+                let oids: Vec<Option<i32>> = names
+                    .iter()
+                    .map(|n| n.as_deref().and_then(type_oid))
+                    .collect();
+                if all_scalar(args) && oids.len() == 1 {
+                    return Ok(ColumnarValue::Scalar(ScalarValue::Int32(oids[0])));
+                }
+                Ok(ColumnarValue::Array(Arc::new(Int32Array::from(oids))))
+            },
+        ),
+        udf(
+            "joinery_like_escape",
+            &[],
+            Signature::any(2, Volatility::Immutable),
+            DataType::Utf8,
+            move |args, rows| {
+                let patterns = strings(args, 0, rows)?;
+                let escapes = strings(args, 1, rows)?;
+                let out = patterns
+                    .into_iter()
+                    .zip(escapes)
+                    .map(|(p, e)| match (p, e) {
+                        (Some(p), Some(e)) => {
+                            Some(crate::rewrite::like_pattern_to_backslash(&p, &e))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                Ok(string_result(args, out))
+            },
+        ),
+        udf(
+            "json_build_object",
+            &["jsonb_build_object"],
+            Signature::variadic_any(Volatility::Immutable),
+            DataType::Utf8,
+            move |args, rows| {
+                if args.len() % 2 != 0 {
+                    return plan_err!("json_build_object needs an even number of arguments");
+                }
+                let arrays = args
+                    .iter()
+                    .map(|a| a.to_array(rows))
+                    .collect::<DfResult<Vec<_>>>()?;
+                let n = if all_scalar(args) { 1 } else { rows };
+                let mut out = Vec::with_capacity(n);
+                for r in 0..n {
+                    let mut obj = serde_json::Map::new();
+                    for pair in arrays.chunks(2) {
+                        let key = ScalarValue::try_from_array(&pair[0], r)?;
+                        let value = ScalarValue::try_from_array(&pair[1], r)?;
+                        let key = if key.is_null() {
+                            String::new()
+                        } else {
+                            key.to_string()
+                        };
+                        obj.insert(key, scalar_json(&value));
+                    }
+                    out.push(Some(serde_json::Value::Object(obj).to_string()));
+                }
+                Ok(string_result(args, out))
+            },
+        ),
+        udf(
             "shobj_description",
             &[],
             Signature::any(2, Volatility::Stable),
@@ -433,6 +549,72 @@ fn functions(info: &SessionInfo, index: Arc<DescriptionIndex>) -> Vec<ScalarUDF>
             },
         ),
     ]
+}
+
+/// A scalar as a JSON value: numbers and booleans stay typed, everything else is text.
+fn scalar_json(v: &ScalarValue) -> serde_json::Value {
+    if v.is_null() {
+        return serde_json::Value::Null;
+    }
+    match v {
+        ScalarValue::Boolean(Some(b)) => serde_json::Value::Bool(*b),
+        ScalarValue::Int8(_)
+        | ScalarValue::Int16(_)
+        | ScalarValue::Int32(_)
+        | ScalarValue::Int64(_)
+        | ScalarValue::UInt8(_)
+        | ScalarValue::UInt16(_)
+        | ScalarValue::UInt32(_)
+        | ScalarValue::UInt64(_)
+        | ScalarValue::Float32(_)
+        | ScalarValue::Float64(_)
+        | ScalarValue::Decimal128(..) => serde_json::from_str(&v.to_string())
+            .unwrap_or_else(|_| serde_json::Value::String(v.to_string())),
+        other => serde_json::Value::String(other.to_string()),
+    }
+}
+
+/// The oid of a built-in type by any of its SQL names (what `to_regtype` needs).
+fn type_oid(name: &str) -> Option<i32> {
+    let n = name
+        .trim()
+        .trim_start_matches("pg_catalog.")
+        .trim_matches('"')
+        .to_ascii_lowercase();
+    let (base, array) = match n.strip_suffix("[]") {
+        Some(b) => (b.trim().to_string(), true),
+        None => (n, false),
+    };
+    let (oid, array_oid) = match base.as_str() {
+        "bool" | "boolean" => (16, 1000),
+        "bytea" => (17, 1001),
+        "char" => (18, 1002),
+        "name" => (19, 1003),
+        "int8" | "bigint" => (20, 1016),
+        "int2" | "smallint" => (21, 1005),
+        "int4" | "integer" | "int" => (23, 1007),
+        "text" => (25, 1009),
+        "oid" => (26, 1028),
+        "json" => (114, 199),
+        "float4" | "real" => (700, 1021),
+        "float8" | "double precision" => (701, 1022),
+        "bpchar" | "character" => (1042, 1014),
+        "varchar" | "character varying" => (1043, 1015),
+        "date" => (1082, 1182),
+        "time" | "time without time zone" => (1083, 1183),
+        "timestamp" | "timestamp without time zone" => (1114, 1115),
+        "timestamptz" | "timestamp with time zone" => (1184, 1185),
+        "interval" => (1186, 1187),
+        "timetz" | "time with time zone" => (1266, 1270),
+        "numeric" | "decimal" => (1700, 1231),
+        "uuid" => (2950, 2951),
+        "jsonb" => (3802, 3807),
+        "regtype" => (2206, 2211),
+        "regclass" => (2205, 2210),
+        "record" => (2249, 2287),
+        _ => return None,
+    };
+    Some(if array { array_oid } else { oid })
 }
 
 /// Postgres's pg_size_pretty: bytes, then kB/MB/GB/TB rounded once the value reaches 10240.

@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use arrow::record_batch::RecordBatch;
 use joinery_engine::{Catalog, JoineryError, SessionFactory};
 use joinery_providers::factory_for;
+use pgwire::api::portal::Format;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::encode::{ResultEncoder, decode_text_row};
 use crate::errors::{SqlError, SqlState, from_datafusion};
 use crate::handler::{Handlers, Shared, log_connection_error};
 
@@ -122,18 +123,26 @@ impl RunningServer {
     }
 }
 
-/// Run statements in-process as `user` (for `joinery query`), returning each result.
+/// One statement's result in text form, exactly as a Postgres client would receive it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+/// Run statements in-process as `user` (for `joinery query` and the golden-SQL suite).
 pub async fn run_local(
     shared: &Arc<Shared>,
     user: &str,
     sql: &str,
-) -> Result<Vec<Vec<RecordBatch>>, SqlError> {
+) -> Result<Vec<TextResult>, SqlError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let database = shared.config.database.clone();
     let session = shared
         .open_session(
             shared.next_pid(),
             user,
-            &shared.config.database.clone(),
+            &database,
             addr,
             &Default::default(),
         )
@@ -146,13 +155,30 @@ pub async fn run_local(
                 "session commands (SET, BEGIN, ...) have no effect in `joinery query`; connect with psql instead",
             ));
         }
-        let (plan, _) = crate::handler::plan_statement(&session, stmt).await?;
+        let (plan, names) = crate::handler::plan_statement(&session, stmt).await?;
         let df = session
             .ctx
             .execute_logical_plan(plan)
             .await
             .map_err(|e| from_datafusion(&e))?;
-        results.push(df.collect().await.map_err(|e| from_datafusion(&e))?);
+        let schema = df.schema().as_arrow().clone();
+        let batches = df.collect().await.map_err(|e| from_datafusion(&e))?;
+        let opts = Arc::new(session.settings()?.format_options());
+        let enc = ResultEncoder::with_names(&schema, names.as_deref(), &Format::UnifiedText, opts)
+            .map_err(|e| SqlError::new(SqlState::INTERNAL_ERROR, e.to_string()))?;
+        let mut rows = Vec::new();
+        for b in batches {
+            for r in enc
+                .encode(b)
+                .map_err(|e| SqlError::new(SqlState::INTERNAL_ERROR, e.to_string()))?
+            {
+                rows.push(decode_text_row(&r));
+            }
+        }
+        results.push(TextResult {
+            columns: enc.fields.iter().map(|f| f.name().to_string()).collect(),
+            rows,
+        });
     }
     Ok(results)
 }

@@ -73,7 +73,8 @@ impl Session {
     }
 
     /// Push settings that DataFusion itself uses (default schema, time zone) into its config.
-    pub fn apply_settings(&self) -> Result<(), SqlError> {
+    /// Goes through DataFusion's own SET so config-dependent functions (`now()`) follow.
+    pub async fn apply_settings(&self) -> Result<(), SqlError> {
         let (path, tz) = {
             let s = self.settings()?;
             (s.search_path(), s.time_zone().to_string())
@@ -86,15 +87,21 @@ impl Session {
             .into_iter()
             .find(|p| schemas.contains(p))
             .unwrap_or_else(|| joinery_engine::DEFAULT_SCHEMA.to_string());
-        let state = self.ctx.state_ref();
-        let mut state = state.write();
-        let opts = state.config_mut().options_mut();
-        opts.catalog.default_schema = default_schema;
-        opts.execution.time_zone = Some(if tz == "UTC" || tz == "Etc/UTC" {
+        let tz = if tz == "UTC" || tz == "Etc/UTC" {
             "+00:00".to_string()
         } else {
             tz
-        });
+        };
+        for (key, value) in [
+            ("datafusion.catalog.default_schema", default_schema),
+            ("datafusion.execution.time_zone", tz),
+        ] {
+            let sql = format!("SET {key} = '{}'", value.replace('\'', "''"));
+            self.ctx
+                .sql(&sql)
+                .await
+                .map_err(|e| SqlError::new(SqlState::INVALID_PARAMETER_VALUE, e.to_string()))?;
+        }
         Ok(())
     }
 }

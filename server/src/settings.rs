@@ -305,16 +305,13 @@ fn normalize(key: &str, value: &str) -> Result<String, SqlError> {
                 ));
             }
         }
-        "timezone" => {
-            let tz = normalize_time_zone(v).ok_or_else(|| {
-                invalid(
-                    "TimeZone",
-                    v,
-                    "use a name such as 'UTC' or 'Europe/Paris', or an offset such as '+02:00'",
-                )
-            })?;
-            tz
-        }
+        "timezone" => normalize_time_zone(v).ok_or_else(|| {
+            invalid(
+                "TimeZone",
+                v,
+                "use a name such as 'UTC' or 'Europe/Paris', or an offset such as '+02:00'",
+            )
+        })?,
         "extra_float_digits" => {
             let n: i32 = v
                 .parse()

@@ -1,1 +1,8 @@
+//! End-to-end tests over a real socket. One binary (links DataFusion once).
 
+mod cancel;
+mod catalog;
+mod clients;
+mod slt;
+mod types;
+mod wire;

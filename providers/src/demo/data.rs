@@ -89,9 +89,9 @@ pub fn generate(seed: u64, scale: u64) -> Result<Vec<(&'static str, RecordBatch)
         .map(|p| {
             let base: i128 = match *p {
                 "free" => 0,
-                "team" => 1_200_00,
-                "business" => 24_000_00,
-                _ => 180_000_00,
+                "team" => 120_000, // cents
+                "business" => 2_400_000,
+                _ => 18_000_000,
             };
             base + i128::from(rng.below(500_000) as i32) * i128::from(base != 0)
         })
