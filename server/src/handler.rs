@@ -485,6 +485,65 @@ pub async fn plan_statement(
     Ok((plan, names))
 }
 
+/// Fill in parameter types DataFusion left open, the way Postgres would resolve them:
+/// `$1::int[]` takes the cast's type, `x = ANY($1)` is an array of x's type.
+fn refine_parameter_types(plan: &LogicalPlan, params: &mut HashMap<String, Option<DataType>>) {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::ExprSchemable;
+    if params.values().all(Option::is_some) {
+        return;
+    }
+    let mut found: Vec<(String, DataType)> = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        let schema = node
+            .inputs()
+            .into_iter()
+            .map(|i| i.schema().as_ref().clone())
+            .reduce(|mut a, b| {
+                a.merge(&b);
+                a
+            })
+            .unwrap_or_else(|| node.schema().as_ref().clone());
+        for e in node.expressions() {
+            let _ = e.apply(|x| {
+                match x {
+                    Expr::Cast(c) => {
+                        if let Expr::Placeholder(p) = c.expr.as_ref() {
+                            found.push((p.id.clone(), c.field.data_type().clone()));
+                        }
+                    }
+                    Expr::TryCast(c) => {
+                        if let Expr::Placeholder(p) = c.expr.as_ref() {
+                            found.push((p.id.clone(), c.field.data_type().clone()));
+                        }
+                    }
+                    Expr::ScalarFunction(f)
+                        if matches!(f.func.name(), "array_has" | "array_contains")
+                            && f.args.len() == 2 =>
+                    {
+                        if let Expr::Placeholder(p) = &f.args[0]
+                            && let Ok(t) = f.args[1].get_type(&schema)
+                        {
+                            found.push((
+                                p.id.clone(),
+                                DataType::List(Arc::new(Field::new_list_field(t, true))),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    for (id, t) in found {
+        if let Some(slot @ None) = params.get_mut(&id) {
+            *slot = Some(t);
+        }
+    }
+}
+
 fn statement_tag(stmt: &Statement) -> &'static str {
     match stmt {
         Statement::Explain { .. } => "EXPLAIN",
@@ -525,9 +584,10 @@ impl StatementParser {
             _ => stmt,
         };
         let (plan, names) = plan_statement(session, to_plan).await?;
-        let params = plan
+        let mut params = plan
             .get_parameter_types()
             .map_err(|e| from_datafusion(&e))?;
+        refine_parameter_types(&plan, &mut params);
         let mut ordered: Vec<(usize, Option<DataType>)> = params
             .into_iter()
             .filter_map(|(k, v)| {
