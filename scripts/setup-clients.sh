@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Install the real clients the end-to-end tests drive: psql (Debian's postgresql-client) and a
-# Python venv with psycopg 3 and SQLAlchemy. Idempotent; prints the venv's python on stdout.
+# Install the real clients the end-to-end tests drive: psql (Debian's postgresql-client),
+# pgjdbc (Debian's libpostgresql-jdbc-java) and a Python venv with psycopg 3 and SQLAlchemy. Idempotent; prints the venv's python on stdout.
 set -euo pipefail
 
 if ! command -v psql >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup-clients: installing postgresql-client" >&2
-    (apt-get update -qq && apt-get install -y -qq postgresql-client) >&2
+    (apt-get install -y -qq postgresql-client || (apt-get update -qq && apt-get install -y -qq postgresql-client)) >&2
   else
     echo "setup-clients: psql is missing and cannot be installed here" >&2
+  fi
+fi
+
+# pgjdbc (Debian's package) and a Java runtime to drive it.
+if [ ! -f /usr/share/java/postgresql.jar ] || ! command -v java >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup-clients: installing pgjdbc" >&2
+    pkgs=libpostgresql-jdbc-java
+    command -v java >/dev/null 2>&1 || pkgs="$pkgs default-jre-headless"
+    (apt-get install -y -qq $pkgs || (apt-get update -qq && apt-get install -y -qq $pkgs)) >&2
+  else
+    echo "setup-clients: pgjdbc is missing and cannot be installed here" >&2
   fi
 fi
 

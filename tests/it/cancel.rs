@@ -135,3 +135,23 @@ async fn graceful_shutdown_lets_idle_server_stop() {
     let refused = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
     assert!(refused.is_err(), "listener closed after shutdown");
 }
+
+#[tokio::test]
+async fn memory_limit_fails_the_statement_with_53200() {
+    let cfg = DEMO_CONFIG.replace("[server]", "[server]\nquery_memory_limit = \"1MiB\"");
+    let s = TestServer::with_config(&cfg).await;
+    let c = s.client().await;
+    let e = c
+        .simple_query(
+            "SELECT count(*) FROM generate_series(1, 2000000) AS a(x) \
+             JOIN generate_series(1, 2000000) AS b(y) ON a.x = b.y",
+        )
+        .await
+        .expect_err("hash join over the limit");
+    assert_eq!(sqlstate(&e), "53200", "{e:?}");
+    // Small statements still run in the same session.
+    assert_eq!(
+        text_rows(&c, "SELECT count(*) FROM demo.orders").await[0][0].as_deref(),
+        Some("500")
+    );
+}

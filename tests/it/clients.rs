@@ -141,3 +141,35 @@ async fn python_psycopg_and_sqlalchemy() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn pgjdbc_metadata_and_prepared_statements() {
+    let jar = std::env::var("JOINERY_TEST_JDBC_JAR")
+        .unwrap_or_else(|_| "/usr/share/java/postgresql.jar".into());
+    let java_ok = std::process::Command::new("java")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !java_ok || !std::path::Path::new(&jar).exists() {
+        return skip(
+            "pgjdbc tests",
+            "java or the pgjdbc jar is missing (scripts/setup-clients.sh installs them)",
+        );
+    }
+    let s = TestServer::demo().await;
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("java/JdbcClientTest.java");
+    let out = Command::new("java")
+        .args(["-cp", &jar])
+        .arg(&src)
+        .arg(s.port().to_string())
+        .output()
+        .await
+        .expect("java runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "pgjdbc checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("all jdbc checks passed"), "{stdout}");
+}
