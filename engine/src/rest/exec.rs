@@ -1,0 +1,425 @@
+//! Execution: walk the pages of each planned request lazily (a page is fetched only when the
+//! consumer asks for more rows), decode them to Arrow, and stop at the LIMIT.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use futures::{Stream, StreamExt, stream};
+use serde_json::Value;
+use url::Url;
+
+use super::decode::{decode, lookup, records};
+use super::fetch::{Fetcher, HttpCall, Page};
+use super::plan::{RequestTemplate, ScanPlan};
+use super::spec::{ColumnSpec, Pagination, TableSpec};
+use crate::error::{ErrorKind, JoineryError, Result};
+
+/// Most pages one request may walk; a guard against APIs that never say "done".
+pub const MAX_PAGES: u64 = 100_000;
+
+#[derive(Debug)]
+pub struct RestScanExec {
+    table: String,
+    spec: Arc<TableSpec>,
+    fetcher: Arc<Fetcher>,
+    plan: ScanPlan,
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl RestScanExec {
+    pub fn new(
+        table: String,
+        spec: Arc<TableSpec>,
+        fetcher: Arc<Fetcher>,
+        plan: ScanPlan,
+        projection: Vec<usize>,
+        schema: SchemaRef,
+    ) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            table,
+            spec,
+            fetcher,
+            plan,
+            projection,
+            schema,
+            properties,
+        }
+    }
+
+    pub fn scan_plan(&self) -> &ScanPlan {
+        &self.plan
+    }
+
+    /// The requests as EXPLAIN shows them (secrets redacted).
+    pub fn shown_requests(&self) -> Vec<String> {
+        let secrets = self.fetcher.config.auth.secret_params();
+        self.plan.requests.iter().map(|r| r.display(&secrets)).collect()
+    }
+}
+
+impl DisplayAs for RestScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let reqs = self.shown_requests();
+        let n = reqs.len();
+        let shown: Vec<&str> = reqs.iter().take(5).map(String::as_str).collect();
+        write!(
+            f,
+            "RestScanExec: {}.{} requests=[{}{}]",
+            self.fetcher.config.connection,
+            self.table,
+            shown.join("; "),
+            if n > 5 { format!("; ... {} more", n - 5) } else { String::new() }
+        )?;
+        if !self.plan.pushed.is_empty() {
+            write!(f, ", pushed=[{}]", self.plan.pushed.join(", "))?;
+        }
+        if let Some(l) = self.plan.limit {
+            write!(f, ", limit={l}")?;
+        }
+        let paged = !matches!(self.spec.pagination, Pagination::None);
+        write!(f, ", calls={}{}", n, if paged { "+ (paged)" } else { "" })
+    }
+}
+
+impl ExecutionPlan for RestScanExec {
+    fn name(&self) -> &str {
+        "RestScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, _ctx: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!("RestScanExec has one partition, not {partition}")));
+        }
+        let columns: Vec<ColumnSpec> = self.projection.iter().map(|i| self.spec.columns[*i].clone()).collect();
+        let columns = Arc::new(columns);
+        let concurrency = self.fetcher.config.concurrency.max(1);
+        let walkers: Vec<_> = self
+            .plan
+            .requests
+            .iter()
+            .map(|r| {
+                page_batches(
+                    self.fetcher.clone(),
+                    self.spec.clone(),
+                    self.table.clone(),
+                    r.clone(),
+                    columns.clone(),
+                    self.schema.clone(),
+                )
+                .boxed()
+            })
+            .collect();
+        let merged = stream::iter(walkers).flatten_unordered(concurrency);
+        let limited = limit_rows(merged, self.plan.limit);
+        let out = limited.map(|r| r.map_err(|e| e.into_datafusion()));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), out)))
+    }
+}
+
+/// Stop after `limit` rows; ending the stream drops the page walkers, so no more calls are made.
+fn limit_rows(
+    s: impl Stream<Item = Result<RecordBatch>> + Send + 'static,
+    limit: Option<usize>,
+) -> impl Stream<Item = Result<RecordBatch>> + Send + 'static {
+    s.scan(limit, |remaining, item| {
+        let out = match (item, *remaining) {
+            (Err(e), _) => Some(Err(e)),
+            (Ok(_), Some(0)) => None,
+            (Ok(b), Some(r)) => {
+                let b = if b.num_rows() > r { b.slice(0, r) } else { b };
+                *remaining = Some(r - b.num_rows());
+                Some(Ok(b))
+            }
+            (Ok(b), None) => Some(Ok(b)),
+        };
+        futures::future::ready(out)
+    })
+}
+
+struct Walker {
+    fetcher: Arc<Fetcher>,
+    spec: Arc<TableSpec>,
+    table: String,
+    template: RequestTemplate,
+    next: Option<HttpCall>,
+    pages: u64,
+    offset: u64,
+    page_no: u64,
+    seen: HashSet<String>,
+}
+
+/// Parse `Link: <url>; rel="next", <url>; rel="last"`.
+fn link_next(page: &Page) -> Option<String> {
+    let header = page.headers.get_all("link");
+    for v in header.iter() {
+        let Ok(s) = v.to_str() else { continue };
+        for part in s.split(',') {
+            let mut pieces = part.split(';');
+            let url = pieces.next()?.trim().trim_start_matches('<').trim_end_matches('>');
+            if pieces.any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            }) {
+                return Some(url.to_string());
+            }
+        }
+    }
+    None
+}
+
+fn truthy(v: Option<&Value>) -> Option<bool> {
+    match v? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => Some(s == "true"),
+        Value::Number(n) => Some(n.as_f64() != Some(0.0)),
+        Value::Null => None,
+        _ => Some(true),
+    }
+}
+
+fn value_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl Walker {
+    fn with_param(&self, param: &str, value: String) -> Result<HttpCall> {
+        let mut q: Vec<(String, String)> = self.template.query.iter().filter(|(k, _)| k != param).cloned().collect();
+        q.push((param.to_string(), value));
+        Ok(HttpCall {
+            method: self.template.method,
+            url: self.fetcher.url(&self.template.path, &q)?,
+            body: self.template.body.clone(),
+        })
+    }
+
+    fn absolute(&self, url: &str) -> Result<HttpCall> {
+        Ok(HttpCall {
+            method: self.template.method,
+            url: self.fetcher.url(url, &[])?,
+            body: self.template.body.clone(),
+        })
+    }
+
+    /// The request for the page after `page`, or `None` at the end of data.
+    fn next_call(&mut self, page: &Page, recs: &[Value]) -> Result<Option<HttpCall>> {
+        let n = recs.len() as u64;
+        let next = match &self.spec.pagination {
+            Pagination::None => None,
+            Pagination::LinkHeader => link_next(page).map(|u| self.absolute(&u)).transpose()?,
+            Pagination::NextUrl { path, done } => {
+                if truthy(done.as_deref().and_then(|d| lookup(&page.body, d))) == Some(true) {
+                    None
+                } else {
+                    match value_text(lookup(&page.body, path)) {
+                        Some(u) => Some(self.absolute(&u)?),
+                        None => None,
+                    }
+                }
+            }
+            Pagination::Cursor {
+                param,
+                response,
+                last_record,
+                has_more,
+                is_last,
+            } => {
+                let ended = truthy(has_more.as_deref().and_then(|p| lookup(&page.body, p))) == Some(false)
+                    || truthy(is_last.as_deref().and_then(|p| lookup(&page.body, p))) == Some(true);
+                let cursor = match (response, last_record) {
+                    (Some(r), _) => value_text(lookup(&page.body, r)),
+                    (None, Some(f)) => recs.last().and_then(|rec| value_text(lookup(rec, f))),
+                    (None, None) => None,
+                };
+                match (ended, cursor) {
+                    (true, _) | (false, None) => None,
+                    (false, Some(c)) => Some(self.with_param(param, c)?),
+                }
+            }
+            Pagination::Offset {
+                offset_param,
+                more,
+                total,
+            } => {
+                self.offset += n;
+                let more_flag = truthy(more.as_deref().and_then(|p| lookup(&page.body, p)));
+                let total_n = total
+                    .as_deref()
+                    .and_then(|p| lookup(&page.body, p))
+                    .and_then(Value::as_u64);
+                let ended = match (more_flag, total_n) {
+                    (Some(false), _) => true,
+                    (_, Some(t)) => self.offset >= t,
+                    (Some(true), None) => false,
+                    (None, None) => n == 0,
+                };
+                if ended || n == 0 {
+                    None
+                } else {
+                    Some(self.with_param(offset_param, self.offset.to_string())?)
+                }
+            }
+            Pagination::Page { param, .. } => {
+                if n == 0 {
+                    None
+                } else {
+                    self.page_no += 1;
+                    Some(self.with_param(param, self.page_no.to_string())?)
+                }
+            }
+        };
+        if let Some(call) = &next {
+            let key = call.url.as_str().to_string();
+            if !self.seen.insert(key) {
+                return Err(JoineryError::new(
+                    ErrorKind::BadResponse,
+                    format!("the API returned the same next page twice ({}); stopping instead of looping", self.fetcher.redact(&call.url)),
+                )
+                .with_connection(self.fetcher.config.connection.clone())
+                .with_table(self.table.clone()));
+            }
+            if self.pages >= MAX_PAGES {
+                return Err(JoineryError::new(ErrorKind::BadResponse, format!("more than {MAX_PAGES} pages"))
+                    .with_connection(self.fetcher.config.connection.clone())
+                    .with_table(self.table.clone()));
+            }
+        }
+        Ok(next)
+    }
+}
+
+fn first_call(fetcher: &Fetcher, spec: &TableSpec, t: &RequestTemplate) -> Result<HttpCall> {
+    let mut q = t.query.clone();
+    match &spec.pagination {
+        Pagination::Page { param, start } => q.push((param.clone(), start.to_string())),
+        Pagination::Offset { offset_param, .. } => q.push((offset_param.clone(), "0".into())),
+        _ => {}
+    }
+    Ok(HttpCall {
+        method: t.method,
+        url: fetcher.url(&t.path, &q)?,
+        body: t.body.clone(),
+    })
+}
+
+/// The pages of one request, as batches, fetched one at a time on demand.
+fn page_batches(
+    fetcher: Arc<Fetcher>,
+    spec: Arc<TableSpec>,
+    table: String,
+    template: RequestTemplate,
+    columns: Arc<Vec<ColumnSpec>>,
+    schema: SchemaRef,
+) -> impl Stream<Item = Result<RecordBatch>> + Send + 'static {
+    let start_page = match &spec.pagination {
+        Pagination::Page { start, .. } => *start,
+        _ => 0,
+    };
+    let first = first_call(&fetcher, &spec, &template);
+    let walker = Walker {
+        fetcher,
+        spec,
+        table,
+        template,
+        next: None,
+        pages: 0,
+        offset: 0,
+        page_no: start_page,
+        seen: HashSet::new(),
+    };
+    stream::unfold((walker, Some(first)), move |(mut w, pending)| {
+        let columns = columns.clone();
+        let schema = schema.clone();
+        async move {
+            let call = match pending {
+                None => match w.next.take() {
+                    Some(c) => c,
+                    None => return None,
+                },
+                Some(Err(e)) => return Some((Err(e), (w, None))),
+                Some(Ok(c)) => c,
+            };
+            w.seen.insert(call.url.as_str().to_string());
+            let page = match w.fetcher.send(&w.table, &call).await {
+                Ok(p) => p,
+                // A failed page fails the scan: no partial results.
+                Err(e) => {
+                    w.next = None;
+                    return Some((Err(e), (w, None)));
+                }
+            };
+            w.pages += 1;
+            let recs = match records(&page.body, &w.spec.records) {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = e.with_connection(w.fetcher.config.connection.clone()).with_table(w.table.clone());
+                    return Some((Err(e), (w, None)));
+                }
+            };
+            let cols: Vec<&ColumnSpec> = columns.iter().collect();
+            let batch = decode(&cols, schema, recs)
+                .map_err(|e| e.with_connection(w.fetcher.config.connection.clone()).with_table(w.table.clone()));
+            let next = match w.next_call(&page, recs) {
+                Ok(n) => n,
+                Err(e) => return Some((Err(e), (w, None))),
+            };
+            w.next = next;
+            Some((batch, (w, None)))
+        }
+    })
+    .scan(false, |failed, item: Result<RecordBatch>| {
+        // After an error, end the stream.
+        if *failed {
+            return futures::future::ready(None);
+        }
+        if item.is_err() {
+            *failed = true;
+        }
+        futures::future::ready(Some(item))
+    })
+}
+
+/// Helper for tests and callers that need a URL from a base and a path.
+pub fn join(base: &Url, path: &str) -> Option<Url> {
+    base.join(path.trim_start_matches('/')).ok()
+}

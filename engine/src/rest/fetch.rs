@@ -1,0 +1,516 @@
+//! The fetch layer: one HTTP client per connection with auth, a concurrency limit, retries
+//! with full-jitter backoff that honour `Retry-After` and rate-limit headers, and a log of every
+//! call. Secrets never leave this module: URLs are redacted before they are logged or shown.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use url::Url;
+
+use super::spec::Method;
+use crate::error::{ErrorKind, JoineryError, Result};
+
+/// A credential. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How requests authenticate.
+#[derive(Debug, Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    Bearer(Secret),
+    Basic { user: String, password: Secret },
+    /// A header such as `Authorization: Token token=...` or `X-Api-Key: ...`.
+    Header { name: String, value: Secret },
+    /// A query parameter (redacted in logs and EXPLAIN).
+    Query { param: String, value: Secret },
+}
+
+impl Auth {
+    /// Query parameters whose values must never be shown.
+    pub fn secret_params(&self) -> Vec<String> {
+        match self {
+            Auth::Query { param, .. } => vec![param.clone()],
+            _ => vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// No retry starts after this much time has passed since the first attempt.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    pub connection: String,
+    pub base_url: Url,
+    pub auth: Auth,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Requests in flight at once for this connection.
+    pub concurrency: usize,
+}
+
+impl FetchConfig {
+    pub fn new(connection: impl Into<String>, base_url: &str) -> Result<Self> {
+        let connection = connection.into();
+        let mut base = Url::parse(base_url).map_err(|e| {
+            JoineryError::config(format!("base_url '{base_url}' is not a URL: {e}"))
+                .with_connection(connection.clone())
+        })?;
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        Ok(Self {
+            connection,
+            base_url: base,
+            auth: Auth::None,
+            headers: vec![],
+            timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            concurrency: 8,
+        })
+    }
+}
+
+/// One API call, as `joinery.api_calls` and metrics see it.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    pub at: SystemTime,
+    pub connection: String,
+    pub table: String,
+    pub method: &'static str,
+    /// Redacted.
+    pub url: String,
+    pub status: Option<u16>,
+    pub bytes: u64,
+    pub latency: Duration,
+    pub attempt: u32,
+    pub error: Option<String>,
+}
+
+/// Recent calls (bounded) and counters, shared by every connection of the process.
+#[derive(Debug, Default)]
+pub struct CallLog {
+    recent: Mutex<VecDeque<CallRecord>>,
+    total: AtomicU64,
+}
+
+impl CallLog {
+    pub const KEEP: usize = 10_000;
+
+    pub fn record(&self, r: CallRecord) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut q) = self.recent.lock() {
+            if q.len() == Self::KEEP {
+                q.pop_front();
+            }
+            q.push_back(r);
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub fn recent(&self) -> Vec<CallRecord> {
+        self.recent.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// A response page.
+#[derive(Debug)]
+pub struct Page {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub url: Url,
+}
+
+/// A request to send.
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    pub method: Method,
+    pub url: Url,
+    pub body: Option<Value>,
+}
+
+pub struct Fetcher {
+    client: reqwest::Client,
+    pub config: FetchConfig,
+    log: Arc<CallLog>,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("connection", &self.config.connection)
+            .field("base_url", &self.config.base_url.as_str())
+            .finish()
+    }
+}
+
+/// Install the process-wide TLS provider once (ring: no cmake, same as the wire server).
+fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let now = chrono::Utc::now();
+    (when.with_timezone(&chrono::Utc) - now).to_std().ok()
+}
+
+/// GitHub-style exhaustion: `x-ratelimit-remaining: 0` with a reset time in epoch seconds.
+fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
+    let remaining = headers
+        .get("x-ratelimit-remaining")
+        .or_else(|| headers.get("ratelimit-remaining"))?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    if remaining > 0.0 {
+        return None;
+    }
+    let reset = headers
+        .get("x-ratelimit-reset")
+        .or_else(|| headers.get("ratelimit-reset"))?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    // Epoch seconds (GitHub) or seconds from now (IETF RateLimit-Reset, PagerDuty).
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs_f64();
+    let wait = if reset > 1e9 { reset - now } else { reset };
+    Some(Duration::from_secs_f64(wait.max(0.0)))
+}
+
+impl Fetcher {
+    pub fn new(config: FetchConfig, log: Arc<CallLog>) -> Result<Self> {
+        install_crypto();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::USER_AGENT,
+            HeaderValue::from_static(concat!("joinery/", env!("CARGO_PKG_VERSION"))),
+        );
+        headers.insert(reqwest::header::ACCEPT, HeaderValue::from_static("application/json"));
+        let bad = |what: &str| {
+            JoineryError::config(format!("invalid {what} header")).with_connection(config.connection.clone())
+        };
+        for (k, v) in &config.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad(k))?;
+            let value = HeaderValue::from_str(v).map_err(|_| bad(k))?;
+            headers.insert(name, value);
+        }
+        match &config.auth {
+            Auth::Bearer(t) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| bad("Authorization"))?;
+                v.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, v);
+            }
+            Auth::Header { name, value } => {
+                let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad(name))?;
+                let mut v = HeaderValue::from_str(value.expose()).map_err(|_| bad(name))?;
+                v.set_sensitive(true);
+                headers.insert(n, v);
+            }
+            Auth::Basic { user, password } => {
+                use base64::Engine;
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", password.expose()));
+                let mut v = HeaderValue::from_str(&format!("Basic {token}"))
+                    .map_err(|_| bad("Authorization"))?;
+                v.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, v);
+            }
+            Auth::None | Auth::Query { .. } => {}
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(config.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(config.concurrency.max(1))
+            .build()
+            .map_err(|e| {
+                JoineryError::internal(format!("cannot build HTTP client: {e}")).with_connection(config.connection.clone())
+            })?;
+        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        Ok(Self {
+            client,
+            config,
+            log,
+            permits,
+        })
+    }
+
+    pub fn log(&self) -> &Arc<CallLog> {
+        &self.log
+    }
+
+    /// Resolve a request path (or an absolute next-page URL from the API) against the base URL,
+    /// adding the auth query parameter if there is one.
+    pub fn url(&self, path_or_url: &str, query: &[(String, String)]) -> Result<Url> {
+        let mut url = if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
+            Url::parse(path_or_url)
+        } else {
+            self.config.base_url.join(path_or_url.trim_start_matches('/'))
+        }
+        .map_err(|e| {
+            JoineryError::new(ErrorKind::BadResponse, format!("bad request URL: {e}"))
+                .with_connection(self.config.connection.clone())
+        })?;
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        if let Auth::Query { param, value } = &self.config.auth {
+            let present = url.query_pairs().any(|(k, _)| k == param.as_str());
+            if !present {
+                url.query_pairs_mut().append_pair(param, value.expose());
+            }
+        }
+        Ok(url)
+    }
+
+    /// A URL safe to show: secret query parameters replaced by `***`.
+    pub fn redact(&self, url: &Url) -> String {
+        let secrets = self.config.auth.secret_params();
+        let mut shown = url.clone();
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if secrets.iter().any(|s| s == k.as_ref()) { "***".to_string() } else { v.into_owned() };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            shown.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        // Show the path and query relative to the API: hosts are configuration, not news.
+        match shown.query() {
+            Some(q) => format!("{}?{}", shown.path(), q.replace("%2A%2A%2A", "***")),
+            None => shown.path().to_string(),
+        }
+    }
+
+    /// Send with retries; returns the parsed JSON page. Never returns a partial page.
+    pub async fn send(&self, table: &str, call: &HttpCall) -> Result<Page> {
+        let started = Instant::now();
+        let policy = &self.config.retry;
+        let shown = self.redact(&call.url);
+        let err = |kind, msg: String| {
+            JoineryError::new(kind, msg)
+                .with_connection(self.config.connection.clone())
+                .with_table(table.to_string())
+        };
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| err(ErrorKind::Internal, "connection closed".into()))?;
+            let t0 = Instant::now();
+            let mut rb = match call.method {
+                Method::Get => self.client.get(call.url.clone()),
+                Method::Post => self.client.post(call.url.clone()),
+            };
+            if let Some(b) = &call.body {
+                rb = rb.json(b);
+            }
+            let outcome = match rb.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let headers = resp.headers().clone();
+                    match resp.bytes().await {
+                        Ok(bytes) => Ok((status, headers, bytes)),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            drop(permit);
+            let latency = t0.elapsed();
+            let method = if call.method == Method::Get { "GET" } else { "POST" };
+            // What to do next: Ok(page) | Err((retryable, kind, message, wait))
+            let decision: std::result::Result<Page, (bool, ErrorKind, String, Option<Duration>)> = match outcome {
+                Err(e) => {
+                    let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Unavailable };
+                    let what = if e.is_timeout() {
+                        "timed out".to_string()
+                    } else if e.is_connect() {
+                        "could not connect".to_string()
+                    } else {
+                        "connection failed".to_string()
+                    };
+                    self.log.record(CallRecord {
+                        at: SystemTime::now(),
+                        connection: self.config.connection.clone(),
+                        table: table.to_string(),
+                        method,
+                        url: shown.clone(),
+                        status: None,
+                        bytes: 0,
+                        latency,
+                        attempt,
+                        error: Some(what.clone()),
+                    });
+                    Err((true, kind, format!("{method} {shown}: {what}"), None))
+                }
+                Ok((status, headers, bytes)) => {
+                    self.log.record(CallRecord {
+                        at: SystemTime::now(),
+                        connection: self.config.connection.clone(),
+                        table: table.to_string(),
+                        method,
+                        url: shown.clone(),
+                        status: Some(status),
+                        bytes: bytes.len() as u64,
+                        latency,
+                        attempt,
+                        error: None,
+                    });
+                    let snippet = || -> String {
+                        let s = String::from_utf8_lossy(&bytes);
+                        let s: String = s.chars().take(200).collect();
+                        s.replace('\n', " ")
+                    };
+                    match status {
+                        200..=299 => match serde_json::from_slice::<Value>(&bytes) {
+                            Ok(body) => Ok(Page {
+                                status,
+                                headers,
+                                body,
+                                url: call.url.clone(),
+                            }),
+                            // A truncated or garbled page may be a transient fault: retry, and
+                            // fail the query if it persists.
+                            Err(e) => Err((
+                                true,
+                                ErrorKind::BadResponse,
+                                format!("{method} {shown}: response is not valid JSON ({e})"),
+                                None,
+                            )),
+                        },
+                        429 => Err((
+                            true,
+                            ErrorKind::RateLimited,
+                            format!("{method} {shown}: 429 Too Many Requests"),
+                            retry_after(&headers).or_else(|| rate_limit_reset(&headers)),
+                        )),
+                        403 if rate_limit_reset(&headers).is_some() || headers.contains_key("retry-after") => Err((
+                            true,
+                            ErrorKind::RateLimited,
+                            format!("{method} {shown}: 403 rate limit exceeded"),
+                            retry_after(&headers).or_else(|| rate_limit_reset(&headers)),
+                        )),
+                        401 => Err((
+                            false,
+                            ErrorKind::Unauthenticated,
+                            format!("{method} {shown}: 401 Unauthorized ({})", snippet()),
+                            None,
+                        )),
+                        403 => Err((
+                            false,
+                            ErrorKind::PermissionDenied,
+                            format!("{method} {shown}: 403 Forbidden ({})", snippet()),
+                            None,
+                        )),
+                        404 => Err((
+                            false,
+                            ErrorKind::NotFound,
+                            format!("{method} {shown}: 404 Not Found ({})", snippet()),
+                            None,
+                        )),
+                        408 | 500..=599 => Err((
+                            true,
+                            ErrorKind::Unavailable,
+                            format!("{method} {shown}: HTTP {status} ({})", snippet()),
+                            retry_after(&headers),
+                        )),
+                        _ => Err((
+                            false,
+                            ErrorKind::InvalidInput,
+                            format!("{method} {shown}: HTTP {status} ({})", snippet()),
+                            None,
+                        )),
+                    }
+                }
+            };
+            let (retryable, kind, msg, wait) = match decision {
+                Ok(page) => return Ok(page),
+                Err(d) => d,
+            };
+            let cap = policy
+                .base_backoff
+                .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+                .min(policy.max_backoff);
+            let jitter = Duration::from_micros(rand::random_range(0..=cap.as_micros().max(1) as u64));
+            let wait = wait.map(|w| w.max(Duration::from_millis(1))).unwrap_or(jitter);
+            let out_of_time = started.elapsed() + wait > policy.deadline;
+            if !retryable || attempt >= policy.max_attempts || out_of_time {
+                let msg = if retryable {
+                    format!("{msg}; gave up after {attempt} attempt(s)")
+                } else {
+                    msg
+                };
+                return Err(err(kind, msg));
+            }
+            tracing::debug!(connection = %self.config.connection, %table, attempt, wait_ms = wait.as_millis() as u64, "retrying: {msg}");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+

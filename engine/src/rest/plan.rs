@@ -1,0 +1,561 @@
+//! Planning (pure): which filters a table can push into its API, and the requests a scan makes.
+//! Nothing here does I/O, so every rule is unit-tested without a server.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate};
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::scalar::ScalarValue;
+use serde_json::Value;
+
+use super::spec::{FilterOp, FilterRule, ListStyle, Method, TableSpec, ValueFormat};
+use crate::error::{ErrorKind, JoineryError, Result};
+
+/// Most requests one scan may fan out to; beyond it the query must narrow its IN lists.
+pub const MAX_FANOUT: usize = 1000;
+
+/// A filter recognized as `column op value(s)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matched {
+    pub column: String,
+    pub op: FilterOp,
+    pub values: Vec<ScalarValue>,
+}
+
+fn column_name(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Column(c) => Some(c.name.as_str()),
+        // Text columns compared with Utf8View/LargeUtf8 literals arrive wrapped in a cast.
+        Expr::Cast(c) => match (c.expr.as_ref(), c.field.data_type()) {
+            (Expr::Column(col), t) if t.is_string() => Some(col.name.as_str()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn literal(e: &Expr) -> Option<&ScalarValue> {
+    match e {
+        Expr::Literal(v, _) if !v.is_null() => Some(v),
+        _ => None,
+    }
+}
+
+fn flip(op: Operator) -> Option<Operator> {
+    Some(match op {
+        Operator::Eq => Operator::Eq,
+        Operator::Lt => Operator::Gt,
+        Operator::LtEq => Operator::GtEq,
+        Operator::Gt => Operator::Lt,
+        Operator::GtEq => Operator::LtEq,
+        _ => return None,
+    })
+}
+
+fn filter_op(op: Operator) -> Option<FilterOp> {
+    Some(match op {
+        Operator::Eq => FilterOp::Eq,
+        Operator::Lt => FilterOp::Lt,
+        Operator::LtEq => FilterOp::Lte,
+        Operator::Gt => FilterOp::Gt,
+        Operator::GtEq => FilterOp::Gte,
+        _ => return None,
+    })
+}
+
+/// Recognize the shapes an API can take: `col op lit` (either side), `col IN (...)`,
+/// `col BETWEEN a AND b`, `col IS [NOT] NULL`, `col LIKE 'prefix%'`.
+pub fn recognize(e: &Expr) -> Option<Vec<Matched>> {
+    let one = |column: &str, op, values| Some(vec![Matched { column: column.to_string(), op, values }]);
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            if let (Some(c), Some(v)) = (column_name(left), literal(right)) {
+                return one(c, filter_op(*op)?, vec![v.clone()]);
+            }
+            if let (Some(v), Some(c)) = (literal(left), column_name(right)) {
+                return one(c, filter_op(flip(*op)?)?, vec![v.clone()]);
+            }
+            None
+        }
+        Expr::InList(l) if !l.negated => {
+            let c = column_name(&l.expr)?;
+            let values: Option<Vec<ScalarValue>> = l.list.iter().map(|v| literal(v).cloned()).collect();
+            one(c, FilterOp::In, values?)
+        }
+        Expr::Between(b) if !b.negated => {
+            let c = column_name(&b.expr)?;
+            Some(vec![
+                Matched { column: c.to_string(), op: FilterOp::Gte, values: vec![literal(&b.low)?.clone()] },
+                Matched { column: c.to_string(), op: FilterOp::Lte, values: vec![literal(&b.high)?.clone()] },
+            ])
+        }
+        Expr::IsNull(inner) => one(column_name(inner)?, FilterOp::IsNull, vec![]),
+        Expr::IsNotNull(inner) => one(column_name(inner)?, FilterOp::IsNotNull, vec![]),
+        Expr::Like(l) if !l.negated && !l.case_insensitive && l.escape_char.is_none() => {
+            let c = column_name(&l.expr)?;
+            let pattern = match literal(&l.pattern)? {
+                ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => s,
+                _ => return None,
+            };
+            let prefix = pattern.strip_suffix('%')?;
+            if prefix.contains(['%', '_', '\\']) {
+                return None;
+            }
+            one(c, FilterOp::Prefix, vec![ScalarValue::Utf8(Some(prefix.to_string()))])
+        }
+        _ => None,
+    }
+}
+
+/// A scalar as the API wants it written.
+pub fn format_value(v: &ScalarValue, format: ValueFormat) -> Option<String> {
+    let micros = |v: &ScalarValue| -> Option<i64> {
+        match v {
+            ScalarValue::TimestampSecond(Some(x), _) => x.checked_mul(1_000_000),
+            ScalarValue::TimestampMillisecond(Some(x), _) => x.checked_mul(1_000),
+            ScalarValue::TimestampMicrosecond(Some(x), _) => Some(*x),
+            ScalarValue::TimestampNanosecond(Some(x), _) => Some(x / 1_000),
+            ScalarValue::Date32(Some(d)) => i64::from(*d).checked_mul(86_400_000_000),
+            _ => None,
+        }
+    };
+    if let Some(us) = micros(v) {
+        return match format {
+            ValueFormat::EpochSeconds => Some(us.div_euclid(1_000_000).to_string()),
+            ValueFormat::EpochMillis => Some(us.div_euclid(1_000).to_string()),
+            _ => {
+                if let ScalarValue::Date32(Some(d)) = v
+                    && format == ValueFormat::Plain
+                {
+                    let day = NaiveDate::from_num_days_from_ce_opt(*d + 719_163)?;
+                    return Some(day.format("%Y-%m-%d").to_string());
+                }
+                let t = DateTime::from_timestamp_micros(us)?;
+                Some(if us % 1_000_000 == 0 {
+                    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                } else {
+                    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+                })
+            }
+        };
+    }
+    let s = match v {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => s.clone(),
+        ScalarValue::Boolean(Some(b)) => b.to_string(),
+        ScalarValue::Int8(Some(_))
+        | ScalarValue::Int16(Some(_))
+        | ScalarValue::Int32(Some(_))
+        | ScalarValue::Int64(Some(_))
+        | ScalarValue::UInt8(Some(_))
+        | ScalarValue::UInt16(Some(_))
+        | ScalarValue::UInt32(Some(_))
+        | ScalarValue::UInt64(Some(_))
+        | ScalarValue::Float32(Some(_))
+        | ScalarValue::Float64(Some(_)) => v.to_string(),
+        _ => return None,
+    };
+    Some(match format {
+        ValueFormat::Lowercase => s.to_lowercase(),
+        _ => s,
+    })
+}
+
+/// A recognized filter bound to the rule that takes it.
+#[derive(Debug, Clone)]
+struct Binding {
+    rule: usize,
+    op: FilterOp,
+    values: Vec<String>,
+}
+
+impl Binding {
+    fn target(&self, spec: &TableSpec) -> String {
+        spec.filters[self.rule].target()
+    }
+}
+
+/// Decide each filter: the first filter that binds a parameter is pushed (Exact or Inexact as
+/// the rule says); a second filter on the same parameter stays with DataFusion.
+fn bind_all(spec: &TableSpec, filters: &[&Expr]) -> (Vec<TableProviderFilterPushDown>, Vec<Binding>) {
+    let mut verdicts = Vec::with_capacity(filters.len());
+    let mut bindings: Vec<Binding> = Vec::new();
+    for f in filters {
+        let mut verdict = TableProviderFilterPushDown::Unsupported;
+        if let Some(parts) = recognize(f) {
+            let mut local: Vec<Binding> = Vec::new();
+            let mut all_exact = true;
+            let mut ok = true;
+            for m in &parts {
+                let found = spec.filters.iter().enumerate().find(|(_, r)| {
+                    r.column == m.column
+                        && r.accepts(m.op)
+                        && !bindings.iter().chain(local.iter()).any(|b| b.target(spec) == r.target())
+                });
+                // `=` can ride on an IN rule, and IN of one value on an `=` rule.
+                let found = found.or_else(|| {
+                    let alt = match (m.op, m.values.len()) {
+                        (FilterOp::Eq, _) => FilterOp::In,
+                        (FilterOp::In, 1) => FilterOp::Eq,
+                        _ => return None,
+                    };
+                    spec.filters.iter().enumerate().find(|(_, r)| {
+                        r.column == m.column
+                            && r.accepts(alt)
+                            && !bindings.iter().chain(local.iter()).any(|b| b.target(spec) == r.target())
+                    })
+                });
+                let Some((idx, rule)) = found else {
+                    ok = false;
+                    break;
+                };
+                let values: Option<Vec<String>> = m.values.iter().map(|v| format_value(v, rule.format)).collect();
+                let Some(values) = values else {
+                    ok = false;
+                    break;
+                };
+                let op = if m.op == FilterOp::In && values.len() == 1 && !rule.accepts(FilterOp::In) {
+                    FilterOp::Eq
+                } else {
+                    m.op
+                };
+                all_exact &= rule.exact;
+                local.push(Binding { rule: idx, op, values });
+            }
+            if ok {
+                bindings.extend(local);
+                verdict = if all_exact {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                };
+            }
+        }
+        verdicts.push(verdict);
+    }
+    (verdicts, bindings)
+}
+
+/// `supports_filters_pushdown` for a spec.
+pub fn pushdown_verdicts(spec: &TableSpec, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
+    bind_all(spec, filters).0
+}
+
+/// One HTTP request a scan starts with (pagination adds the rest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestTemplate {
+    pub method: Method,
+    /// Path with placeholders filled and percent-encoded.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub body: Option<Value>,
+}
+
+impl RequestTemplate {
+    /// `GET /path?a=1&b=2` with values shown as sent (the caller redacts secrets).
+    pub fn display(&self, redact: &[String]) -> String {
+        let mut s = format!("{} {}", if self.method == Method::Get { "GET" } else { "POST" }, self.path);
+        if !self.query.is_empty() {
+            let q: Vec<String> = self
+                .query
+                .iter()
+                .map(|(k, v)| {
+                    if redact.iter().any(|r| r.eq_ignore_ascii_case(k)) {
+                        format!("{k}=***")
+                    } else {
+                        format!("{k}={v}")
+                    }
+                })
+                .collect();
+            s.push('?');
+            s.push_str(&q.join("&"));
+        }
+        if let Some(b) = &self.body {
+            s.push(' ');
+            s.push_str(&b.to_string());
+        }
+        s
+    }
+}
+
+/// What a scan will do.
+#[derive(Debug, Clone)]
+pub struct ScanPlan {
+    pub requests: Vec<RequestTemplate>,
+    /// Pushed filters, as `column op target`.
+    pub pushed: Vec<String>,
+    pub page_size: Option<u64>,
+    /// Rows wanted at most (only when every filter is Exact).
+    pub limit: Option<usize>,
+}
+
+fn encode_path_segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// Build the requests for `filters` (those the table accepted), connection variables `vars`
+/// (defaults for path placeholders), and an optional LIMIT.
+pub fn plan_scan(
+    spec: &TableSpec,
+    table: &str,
+    vars: &BTreeMap<String, String>,
+    filters: &[Expr],
+    limit: Option<usize>,
+) -> Result<ScanPlan> {
+    let refs: Vec<&Expr> = filters.iter().collect();
+    let (verdicts, bindings) = bind_all(spec, &refs);
+    let all_exact = verdicts.iter().all(|v| matches!(v, TableProviderFilterPushDown::Exact));
+
+    // Every placeholder must be filled by a filter or a connection variable.
+    let mut path_values: Vec<(String, Vec<String>)> = Vec::new();
+    for p in spec.placeholders() {
+        let bound = bindings.iter().find(|b| spec.filters[b.rule].path.as_deref() == Some(p.as_str()));
+        match (bound, vars.get(&p)) {
+            (Some(b), _) => path_values.push((p, b.values.clone())),
+            (None, Some(v)) => path_values.push((p, vec![v.clone()])),
+            (None, None) => {
+                let how: Vec<String> = spec
+                    .filters
+                    .iter()
+                    .filter(|r| r.path.as_deref() == Some(p.as_str()))
+                    .map(|r| {
+                        let ops: Vec<&str> = r.operators().iter().map(|o| o.sql()).collect();
+                        format!("{} ({})", r.column, ops.join(" or "))
+                    })
+                    .collect();
+                return Err(JoineryError::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "a WHERE filter on {} is required to read this table",
+                        if how.is_empty() { p.clone() } else { how.join(" or ") }
+                    ),
+                )
+                .with_table(table)
+                .with_hint("add e.g. WHERE <column> = '...' to the query"));
+            }
+        }
+    }
+    for (i, r) in spec.filters.iter().enumerate() {
+        if r.required && r.param.is_some() && !bindings.iter().any(|b| b.rule == i) {
+            let ops: Vec<&str> = r.operators().iter().map(|o| o.sql()).collect();
+            return Err(JoineryError::new(
+                ErrorKind::InvalidInput,
+                format!("a WHERE filter on {} ({}) is required to read this table", r.column, ops.join(" or ")),
+            )
+            .with_table(table));
+        }
+    }
+
+    // Query parameters: fixed ones, then pushed filters; fan-out lists multiply requests.
+    let mut base: Vec<(String, String)> = spec.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut fanouts: Vec<(String, Vec<String>)> = Vec::new();
+    let mut pushed = Vec::new();
+    for b in &bindings {
+        let rule: &FilterRule = &spec.filters[b.rule];
+        let render = |v: &str| match &rule.template {
+            Some(t) => t.replace("{value}", v),
+            None => v.to_string(),
+        };
+        pushed.push(format!("{} {} -> {}", rule.column, b.op.sql(), rule.target()));
+        let Some(param) = &rule.param else { continue };
+        let values: Vec<String> = match b.op {
+            FilterOp::IsNull => vec![render("null")],
+            FilterOp::IsNotNull => vec![render("*")],
+            _ => b.values.iter().map(|v| render(v)).collect(),
+        };
+        // A fixed parameter of the same name is replaced by the filter's value.
+        base.retain(|(k, _)| k != param);
+        if b.op == FilterOp::In && values.len() > 1 {
+            match rule.list {
+                ListStyle::Fanout => fanouts.push((param.clone(), values)),
+                ListStyle::Join => base.push((param.clone(), values.join(&rule.separator))),
+                ListStyle::Repeat => base.extend(values.into_iter().map(|v| (param.clone(), v))),
+            }
+        } else if let Some(v) = values.into_iter().next() {
+            base.push((param.clone(), v));
+        }
+    }
+    let page_size = spec.page_size.as_ref().map(|p| match limit {
+        Some(l) if all_exact => (l as u64).clamp(1, p.max),
+        _ => p.max,
+    });
+    if let (Some(ps), Some(p)) = (page_size, &spec.page_size) {
+        base.retain(|(k, _)| k != &p.param);
+        base.push((p.param.clone(), ps.to_string()));
+    }
+
+    // Cartesian product of path values and fan-out parameters.
+    let mut combos: Vec<(Vec<(String, String)>, Vec<(String, String)>)> = vec![(vec![], vec![])];
+    for (name, vals) in &path_values {
+        combos = combos
+            .into_iter()
+            .flat_map(|(p, q)| vals.iter().map(move |v| {
+                let mut p = p.clone();
+                p.push((name.clone(), v.clone()));
+                (p, q.clone())
+            }))
+            .collect();
+    }
+    for (name, vals) in &fanouts {
+        combos = combos
+            .into_iter()
+            .flat_map(|(p, q)| vals.iter().map(move |v| {
+                let mut q = q.clone();
+                q.push((name.clone(), v.clone()));
+                (p.clone(), q)
+            }))
+            .collect();
+        if combos.len() > MAX_FANOUT {
+            return Err(JoineryError::new(
+                ErrorKind::InvalidInput,
+                format!("the IN lists would fan out to more than {MAX_FANOUT} requests"),
+            )
+            .with_table(table));
+        }
+    }
+    let requests = combos
+        .into_iter()
+        .map(|(p, q)| {
+            let mut path = spec.path.clone();
+            for (name, v) in p {
+                path = path.replace(&format!("{{{name}}}"), &encode_path_segment(&v));
+            }
+            let mut query = base.clone();
+            query.extend(q);
+            query.sort();
+            RequestTemplate {
+                method: spec.method,
+                path,
+                query,
+                body: spec.body.clone(),
+            }
+        })
+        .collect();
+    Ok(ScanPlan {
+        requests,
+        pushed,
+        page_size,
+        limit: if all_exact { limit } else { None },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    fn spec() -> TableSpec {
+        TableSpec::from_json(serde_json::json!({
+            "name": "issues",
+            "path": "/repos/{owner}/{repo}/issues",
+            "query": {"state": "all"},
+            "records": "",
+            "columns": [
+                {"name": "repository", "type": "text"},
+                {"name": "state", "type": "text"},
+                {"name": "number", "type": "bigint"},
+                {"name": "updated_at", "type": "timestamp"},
+                {"name": "labels", "type": "text"}
+            ],
+            "filters": [
+                {"column": "repository", "ops": ["eq", "in"], "path": "repo", "exact": true},
+                {"column": "state", "ops": ["eq"], "param": "state", "exact": true},
+                {"column": "updated_at", "ops": ["gte", "gt"], "param": "since", "format": "iso8601"},
+                {"column": "labels", "ops": ["eq", "in"], "param": "labels", "list": "join"}
+            ],
+            "pagination": {"type": "link_header"},
+            "page_size": {"param": "per_page", "max": 100}
+        }))
+        .expect("spec")
+    }
+
+    fn vars() -> BTreeMap<String, String> {
+        [("owner".to_string(), "acme".to_string())].into_iter().collect()
+    }
+
+    #[test]
+    fn verdicts_follow_rules() {
+        let s = spec();
+        let f1 = col("state").eq(lit("open"));
+        let f2 = col("updated_at").gt_eq(lit(ScalarValue::TimestampMicrosecond(Some(0), Some("UTC".into()))));
+        let f3 = col("number").eq(lit(5i64));
+        let f4 = col("state").eq(lit("closed"));
+        let v = pushdown_verdicts(&s, &[&f1, &f2, &f3, &f4]);
+        assert_eq!(
+            v,
+            vec![
+                TableProviderFilterPushDown::Exact,
+                TableProviderFilterPushDown::Inexact,
+                TableProviderFilterPushDown::Unsupported,
+                // the second filter on `state` stays with DataFusion
+                TableProviderFilterPushDown::Unsupported,
+            ]
+        );
+    }
+
+    #[test]
+    fn in_list_fans_out_and_joins() {
+        let s = spec();
+        let f = vec![
+            col("repository").in_list(vec![lit("a"), lit("b")], false),
+            col("labels").in_list(vec![lit("bug"), lit("p0")], false),
+            col("state").eq(lit("open")),
+        ];
+        let p = plan_scan(&s, "issues", &vars(), &f, Some(5)).expect("plan");
+        let shown: Vec<String> = p.requests.iter().map(|r| r.display(&[])).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "GET /repos/acme/a/issues?labels=bug,p0&per_page=100&state=open",
+                "GET /repos/acme/b/issues?labels=bug,p0&per_page=100&state=open",
+            ]
+        );
+        // labels is Inexact, so the LIMIT is not pushed.
+        assert_eq!(p.limit, None);
+    }
+
+    #[test]
+    fn limit_shrinks_page_when_all_exact() {
+        let s = spec();
+        let f = vec![col("repository").eq(lit("r")), col("state").eq(lit("open"))];
+        let p = plan_scan(&s, "issues", &vars(), &f, Some(5)).expect("plan");
+        assert_eq!(p.page_size, Some(5));
+        assert_eq!(p.limit, Some(5));
+        assert_eq!(p.requests[0].display(&[]), "GET /repos/acme/r/issues?per_page=5&state=open");
+    }
+
+    #[test]
+    fn missing_required_placeholder_says_what_to_filter() {
+        let s = spec();
+        let e = plan_scan(&s, "issues", &vars(), &[], None).expect_err("needs repo");
+        assert!(e.message.contains("repository (= or IN)"), "{}", e.message);
+    }
+
+    #[test]
+    fn values_are_encoded_not_injected() {
+        let s = spec();
+        let f = vec![col("repository").eq(lit("a/../b?x=1&y#z"))];
+        let p = plan_scan(&s, "issues", &vars(), &f, None).expect("plan");
+        assert_eq!(p.requests[0].path, "/repos/acme/a%2F..%2Fb%3Fx%3D1%26y%23z/issues");
+    }
+
+    #[test]
+    fn recognizes_shapes() {
+        assert_eq!(recognize(&lit("x").eq(col("state"))).map(|m| m[0].op), Some(FilterOp::Eq));
+        assert_eq!(recognize(&lit(3i64).lt(col("number"))).map(|m| m[0].op), Some(FilterOp::Gt));
+        let b = recognize(&col("number").between(lit(1i64), lit(9i64))).unwrap_or_default();
+        assert_eq!(b.iter().map(|m| m.op).collect::<Vec<_>>(), vec![FilterOp::Gte, FilterOp::Lte]);
+        assert_eq!(recognize(&col("state").like(lit("op%"))).map(|m| m[0].op), Some(FilterOp::Prefix));
+        assert_eq!(recognize(&col("state").like(lit("o_%"))), None);
+        assert_eq!(recognize(&col("state").not_eq(lit("x"))), None);
+    }
+
+    #[test]
+    fn timestamps_format_per_rule() {
+        let t = ScalarValue::TimestampMicrosecond(Some(1_710_066_896_000_000), Some("UTC".into()));
+        assert_eq!(format_value(&t, ValueFormat::Iso8601).as_deref(), Some("2024-03-10T10:34:56Z"));
+        assert_eq!(format_value(&t, ValueFormat::EpochSeconds).as_deref(), Some("1710066896"));
+        assert_eq!(format_value(&t, ValueFormat::EpochMillis).as_deref(), Some("1710066896000"));
+    }
+}

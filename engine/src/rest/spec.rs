@@ -1,0 +1,365 @@
+//! The declarative description of a REST table. The same types deserialize from a connector's
+//! Rust constants (via `serde_json::json!`) and from a user's `joinery.toml`.
+
+use std::collections::BTreeMap;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::Deserialize;
+
+use crate::error::{JoineryError, Result};
+use crate::meta;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Get,
+    Post,
+}
+
+/// One table of a REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub method: Method,
+    /// Path relative to the connection's base URL, with `{placeholders}` filled from filters
+    /// (rules with `path = "..."`) or connection variables.
+    pub path: String,
+    /// Query parameters sent on every request (e.g. `state = "all"` so defaults hide nothing).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// JSON body for POST-search APIs; filter rules with `body` targets write into it.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// Dotted path to the array of records in a response; empty when the body is the array.
+    #[serde(default)]
+    pub records: String,
+    pub columns: Vec<ColumnSpec>,
+    #[serde(default)]
+    pub filters: Vec<FilterRule>,
+    #[serde(default)]
+    pub pagination: Pagination,
+    #[serde(default)]
+    pub page_size: Option<PageSize>,
+}
+
+/// The Arrow type a column is decoded to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    #[serde(alias = "string", alias = "utf8")]
+    Text,
+    #[serde(alias = "int", alias = "int64", alias = "integer")]
+    Bigint,
+    #[serde(alias = "float", alias = "float64", alias = "double")]
+    Double,
+    #[serde(alias = "bool")]
+    Boolean,
+    /// ISO 8601 (with or without a colon in the offset), or epoch seconds/milliseconds as
+    /// declared by `format`.
+    Timestamp,
+    Date,
+    /// Any JSON value, kept as JSON text (sent to clients as `json`).
+    Json,
+}
+
+impl ColumnType {
+    pub fn data_type(self) -> DataType {
+        match self {
+            ColumnType::Text | ColumnType::Json => DataType::Utf8,
+            ColumnType::Bigint => DataType::Int64,
+            ColumnType::Double => DataType::Float64,
+            ColumnType::Boolean => DataType::Boolean,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColumnType::Date => DataType::Date32,
+        }
+    }
+}
+
+/// How a timestamp column is written in responses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    #[default]
+    Iso8601,
+    EpochSeconds,
+    EpochMillis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: ColumnType,
+    /// Dotted path in the record (`user.login`); defaults to the column name. `$` is the whole
+    /// record (a JSON column holding the full object).
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub format: TimeFormat,
+}
+
+impl ColumnSpec {
+    pub fn path(&self) -> &str {
+        self.path.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// SQL operators a rule can accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterOp {
+    Eq,
+    In,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    /// `LIKE 'prefix%'`
+    Prefix,
+    IsNull,
+    IsNotNull,
+}
+
+impl FilterOp {
+    pub fn sql(self) -> &'static str {
+        match self {
+            FilterOp::Eq => "=",
+            FilterOp::In => "IN",
+            FilterOp::Gt => ">",
+            FilterOp::Gte => ">=",
+            FilterOp::Lt => "<",
+            FilterOp::Lte => "<=",
+            FilterOp::Prefix => "LIKE 'prefix%'",
+            FilterOp::IsNull => "IS NULL",
+            FilterOp::IsNotNull => "IS NOT NULL",
+        }
+    }
+}
+
+/// How an `IN` list reaches the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListStyle {
+    /// One request per value, run in parallel.
+    #[default]
+    Fanout,
+    /// One request, values joined by `separator` in one parameter.
+    Join,
+    /// One request, the parameter repeated (`statuses[]=a&statuses[]=b`).
+    Repeat,
+}
+
+/// How a filter value is written in a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    #[default]
+    Plain,
+    /// Timestamps as ISO 8601 UTC (`2024-03-10T10:34:56Z`).
+    Iso8601,
+    EpochSeconds,
+    EpochMillis,
+    Lowercase,
+}
+
+/// `column op value` -> a request parameter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRule {
+    pub column: String,
+    /// The operators this rule accepts (`op = "eq"` or `ops = ["eq", "in"]`).
+    #[serde(default)]
+    pub op: Option<FilterOp>,
+    #[serde(default)]
+    pub ops: Vec<FilterOp>,
+    /// Query parameter the value goes to.
+    #[serde(default)]
+    pub param: Option<String>,
+    /// Path placeholder the value goes to (`{repo}`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A template for the parameter's value; `{value}` is replaced (e.g. `">={value}"`).
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub format: ValueFormat,
+    /// The API's semantics equal SQL's: DataFusion need not re-check the rows.
+    #[serde(default)]
+    pub exact: bool,
+    /// The table cannot be read without this filter (or a connection default for the placeholder).
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub list: ListStyle,
+    #[serde(default = "default_separator")]
+    pub separator: String,
+}
+
+fn default_separator() -> String {
+    ",".into()
+}
+
+impl FilterRule {
+    pub fn accepts(&self, op: FilterOp) -> bool {
+        self.op == Some(op) || self.ops.contains(&op)
+    }
+
+    pub fn operators(&self) -> Vec<FilterOp> {
+        let mut v: Vec<FilterOp> = self.op.into_iter().chain(self.ops.iter().copied()).collect();
+        v.dedup();
+        v
+    }
+
+    /// Where the value goes, for messages and EXPLAIN.
+    pub fn target(&self) -> String {
+        match (&self.param, &self.path) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => format!("{{{p}}}"),
+            _ => "?".into(),
+        }
+    }
+}
+
+/// The page-size parameter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageSize {
+    pub param: String,
+    pub max: u64,
+}
+
+/// How to get the next page, and how the API says there is none.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pagination {
+    /// One request returns everything.
+    #[default]
+    None,
+    /// Follow `Link: <...>; rel="next"` until it is absent (GitHub).
+    LinkHeader,
+    /// Follow a URL found in the body until it is null/absent or `done` is true (Salesforce
+    /// `nextRecordsUrl`).
+    NextUrl {
+        path: String,
+        #[serde(default)]
+        done: Option<String>,
+    },
+    /// Send a cursor as `param`: from the body (`response`) or the last record's field
+    /// (`last_record`, Stripe's `starting_after`). Ends when `has_more` is false, `is_last` is
+    /// true, or the cursor is empty/absent. Short pages are not the end.
+    Cursor {
+        param: String,
+        #[serde(default)]
+        response: Option<String>,
+        #[serde(default)]
+        last_record: Option<String>,
+        #[serde(default)]
+        has_more: Option<String>,
+        #[serde(default)]
+        is_last: Option<String>,
+    },
+    /// `offset`/`limit` parameters. Ends when `more` is false, when offset reaches `total`,
+    /// or (with neither) on an empty page.
+    Offset {
+        offset_param: String,
+        #[serde(default)]
+        more: Option<String>,
+        #[serde(default)]
+        total: Option<String>,
+    },
+    /// Page numbers from `start`; ends on an empty page.
+    Page {
+        param: String,
+        #[serde(default = "one")]
+        start: u64,
+    },
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl TableSpec {
+    /// Parse a spec from JSON (connector constants, or TOML converted to JSON).
+    pub fn from_json(v: serde_json::Value) -> Result<TableSpec> {
+        let spec: TableSpec = serde_json::from_value(v)
+            .map_err(|e| JoineryError::config(format!("invalid table spec: {e}")))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Structural checks, so mistakes surface at start-up rather than at query time.
+    pub fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(JoineryError::config(format!("table '{}': {m}", self.name)));
+        if self.columns.is_empty() {
+            return err("has no columns".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.columns {
+            if !seen.insert(c.name.as_str()) {
+                return err(format!("column '{}' is declared twice", c.name));
+            }
+        }
+        for r in &self.filters {
+            if !seen.contains(r.column.as_str()) {
+                return err(format!("filter on unknown column '{}'", r.column));
+            }
+            if r.operators().is_empty() {
+                return err(format!("filter on '{}' names no operator", r.column));
+            }
+            if r.param.is_none() && r.path.is_none() {
+                return err(format!("filter on '{}' has neither param nor path", r.column));
+            }
+            if let Some(p) = &r.path
+                && !self.path.contains(&format!("{{{p}}}"))
+            {
+                return err(format!("filter on '{}' targets {{{p}}}, which the path lacks", r.column));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Arrow schema, with descriptions.
+    pub fn schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let mut f = Field::new(&c.name, c.data_type.data_type(), true);
+                if c.data_type == ColumnType::Json {
+                    f = meta::json_field(f);
+                }
+                if !c.description.is_empty() {
+                    f = meta::described(f, &c.description);
+                }
+                f
+            })
+            .collect();
+        let schema = Schema::new(fields);
+        if self.description.is_empty() {
+            std::sync::Arc::new(schema)
+        } else {
+            meta::with_table_description(schema, &self.description)
+        }
+    }
+
+    /// `{placeholders}` in the path.
+    pub fn placeholders(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = self.path.as_str();
+        while let Some(i) = rest.find('{') {
+            let Some(j) = rest[i..].find('}') else { break };
+            out.push(rest[i + 1..i + j].to_string());
+            rest = &rest[i + j + 1..];
+        }
+        out
+    }
+}

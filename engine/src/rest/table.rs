@@ -1,0 +1,128 @@
+//! Planning: the TableProvider that turns a [`TableSpec`] into pushdown verdicts and a
+//! [`RestScanExec`]. A connector is a list of specs plus a [`Fetcher`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::exec::RestScanExec;
+use super::fetch::Fetcher;
+use super::plan::{plan_scan, pushdown_verdicts};
+use super::spec::TableSpec;
+use crate::connector::{Connector, TableEntry};
+use crate::error::Result;
+
+#[derive(Debug)]
+pub struct RestTable {
+    spec: Arc<TableSpec>,
+    schema: SchemaRef,
+    fetcher: Arc<Fetcher>,
+    /// Connection variables that fill path placeholders (`{owner}`).
+    vars: BTreeMap<String, String>,
+}
+
+impl RestTable {
+    pub fn try_new(spec: TableSpec, fetcher: Arc<Fetcher>, vars: BTreeMap<String, String>) -> Result<Self> {
+        spec.validate()?;
+        let schema = spec.schema();
+        Ok(Self {
+            spec: Arc::new(spec),
+            schema,
+            fetcher,
+            vars,
+        })
+    }
+
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+}
+
+#[async_trait]
+impl TableProvider for RestTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(pushdown_verdicts(&self.spec, filters))
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let plan = plan_scan(&self.spec, &self.spec.name, &self.vars, filters, limit)
+            .map_err(|e| e.with_connection(self.fetcher.config.connection.clone()).into_datafusion())?;
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let schema = Arc::new(self.schema.project(&projection)?);
+        Ok(Arc::new(RestScanExec::new(
+            self.spec.name.clone(),
+            self.spec.clone(),
+            self.fetcher.clone(),
+            plan,
+            projection,
+            schema,
+        )))
+    }
+}
+
+/// A connection whose tables are all REST specs.
+#[derive(Debug)]
+pub struct RestConnector {
+    kind: String,
+    tables: Vec<Arc<RestTable>>,
+}
+
+impl RestConnector {
+    pub fn try_new(
+        kind: impl Into<String>,
+        specs: Vec<TableSpec>,
+        fetcher: Arc<Fetcher>,
+        vars: BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let tables = specs
+            .into_iter()
+            .map(|s| RestTable::try_new(s, fetcher.clone(), vars.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            kind: kind.into(),
+            tables,
+        })
+    }
+}
+
+#[async_trait]
+impl Connector for RestConnector {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    async fn tables(&self) -> Result<Vec<TableEntry>> {
+        Ok(self
+            .tables
+            .iter()
+            .map(|t| TableEntry {
+                name: t.spec().name.clone(),
+                provider: t.clone(),
+            })
+            .collect())
+    }
+}
