@@ -11,6 +11,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 
 use crate::connector::Connector;
 use crate::error::{JoineryError, Result};
+use crate::rest::CallLog;
 use crate::system::SystemSchema;
 
 /// The schema unqualified names resolve to when `search_path` names nothing else.
@@ -37,6 +38,7 @@ pub struct ConnectionInfo {
 #[derive(Debug)]
 pub struct Catalog {
     name: String,
+    calls: Arc<CallLog>,
     schemas: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
     connections: RwLock<BTreeMap<String, ConnectionInfo>>,
 }
@@ -61,6 +63,7 @@ impl Catalog {
             );
             Catalog {
                 name: name.into(),
+                calls: Arc::new(CallLog::default()),
                 schemas: RwLock::new(schemas),
                 connections: RwLock::new(BTreeMap::new()),
             }
@@ -69,6 +72,11 @@ impl Catalog {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Every API call made by this catalog's connections (for `joinery.api_calls`).
+    pub fn calls(&self) -> &Arc<CallLog> {
+        &self.calls
     }
 
     /// Add a connection: its tables become the schema `name`. Replaces an existing connection of

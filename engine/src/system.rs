@@ -23,13 +23,15 @@ enum SystemTableKind {
     Connections,
     Tables,
     Columns,
+    ApiCalls,
 }
 
 impl SystemTableKind {
-    const ALL: [SystemTableKind; 3] = [
+    const ALL: [SystemTableKind; 4] = [
         SystemTableKind::Connections,
         SystemTableKind::Tables,
         SystemTableKind::Columns,
+        SystemTableKind::ApiCalls,
     ];
 
     fn name(self) -> &'static str {
@@ -37,6 +39,7 @@ impl SystemTableKind {
             SystemTableKind::Connections => "connections",
             SystemTableKind::Tables => "tables",
             SystemTableKind::Columns => "columns",
+            SystemTableKind::ApiCalls => "api_calls",
         }
     }
 
@@ -79,6 +82,43 @@ impl SystemTableKind {
                     s("description", "What the column holds"),
                 ]),
                 "Every column of every connection's tables, with its description",
+            ),
+            SystemTableKind::ApiCalls => with_table_description(
+                Schema::new(vec![
+                    described(
+                        Field::new(
+                            "at",
+                            DataType::Timestamp(
+                                arrow::datatypes::TimeUnit::Microsecond,
+                                Some("UTC".into()),
+                            ),
+                            false,
+                        ),
+                        "When the call finished",
+                    ),
+                    s("connection", "Connection (schema) that made the call"),
+                    s("table_name", "Table being scanned"),
+                    s("method", "HTTP method"),
+                    s("url", "Path and query sent (secrets redacted)"),
+                    described(
+                        Field::new("status", DataType::Int32, true),
+                        "HTTP status; NULL when no response arrived",
+                    ),
+                    described(
+                        Field::new("bytes", DataType::UInt64, false),
+                        "Response body size",
+                    ),
+                    described(
+                        Field::new("latency_ms", DataType::Float64, false),
+                        "Time to the full response",
+                    ),
+                    described(
+                        Field::new("attempt", DataType::UInt32, false),
+                        "1 for the first try, more for retries",
+                    ),
+                    s("error", "Transport error, if any"),
+                ]),
+                "Recent calls to upstream APIs (the last 10000), newest last",
             ),
         }
     }
@@ -142,6 +182,47 @@ impl SystemTable {
             .upgrade()
             .ok_or_else(|| DataFusionError::Internal("catalog dropped".into()))?;
         let columns: Vec<ArrayRef> = match self.kind {
+            SystemTableKind::ApiCalls => {
+                let calls = catalog.calls().recent();
+                let mut at = arrow::array::TimestampMicrosecondBuilder::new().with_timezone("UTC");
+                let mut conn = StringBuilder::new();
+                let mut table = StringBuilder::new();
+                let mut method = StringBuilder::new();
+                let mut url = StringBuilder::new();
+                let mut status = arrow::array::Int32Builder::new();
+                let mut bytes = arrow::array::UInt64Builder::new();
+                let mut latency = arrow::array::Float64Builder::new();
+                let mut attempt = UInt32Builder::new();
+                let mut error = StringBuilder::new();
+                for c in calls {
+                    let micros =
+                        c.at.duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_micros() as i64)
+                            .unwrap_or(0);
+                    at.append_value(micros);
+                    conn.append_value(&c.connection);
+                    table.append_value(&c.table);
+                    method.append_value(c.method);
+                    url.append_value(&c.url);
+                    status.append_option(c.status.map(i32::from));
+                    bytes.append_value(c.bytes);
+                    latency.append_value(c.latency.as_secs_f64() * 1000.0);
+                    attempt.append_value(c.attempt);
+                    error.append_option(c.error.as_deref());
+                }
+                vec![
+                    Arc::new(at.finish()),
+                    Arc::new(conn.finish()),
+                    Arc::new(table.finish()),
+                    Arc::new(method.finish()),
+                    Arc::new(url.finish()),
+                    Arc::new(status.finish()),
+                    Arc::new(bytes.finish()),
+                    Arc::new(latency.finish()),
+                    Arc::new(attempt.finish()),
+                    Arc::new(error.finish()),
+                ]
+            }
             SystemTableKind::Connections => {
                 let mut name = StringBuilder::new();
                 let mut kind = StringBuilder::new();

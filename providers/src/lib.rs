@@ -3,5 +3,6 @@
 
 pub mod demo;
 pub mod registry;
+pub mod rest;
 
-pub use registry::{ConnectionSpec, ConnectorFactory, factories, factory_for};
+pub use registry::{BuildContext, ConnectionSpec, ConnectorFactory, factories, factory_for};

@@ -40,6 +40,13 @@ impl ConnectionSpec {
     }
 }
 
+/// What connectors share with the engine when they are built.
+#[derive(Debug, Clone, Default)]
+pub struct BuildContext {
+    /// Where every API call is recorded (`joinery.api_calls`).
+    pub calls: Arc<joinery_engine::rest::CallLog>,
+}
+
 /// Builds connectors of one kind.
 pub trait ConnectorFactory: Send + Sync {
     /// The `kind = "..."` value.
@@ -48,12 +55,12 @@ pub trait ConnectorFactory: Send + Sync {
     fn description(&self) -> &'static str;
     /// Keys allowed in the connection's section besides `kind` and `base_url`.
     fn option_keys(&self) -> &'static [&'static str];
-    fn build(&self, spec: &ConnectionSpec) -> Result<Arc<dyn Connector>>;
+    fn build(&self, spec: &ConnectionSpec, ctx: &BuildContext) -> Result<Arc<dyn Connector>>;
 }
 
 /// Every connector kind this build knows.
 pub fn factories() -> Vec<&'static dyn ConnectorFactory> {
-    vec![&crate::demo::DemoFactory]
+    vec![&crate::demo::DemoFactory, &crate::rest::RestFactory]
 }
 
 pub fn factory_for(kind: &str) -> Option<&'static dyn ConnectorFactory> {

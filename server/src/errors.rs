@@ -170,13 +170,18 @@ fn clean(msg: &str) -> String {
         "Invalid argument error: ",
         "Cast error: ",
         "Parser error: ",
-        "ParserError(",
     ] {
         if let Some(rest) = m.strip_prefix(prefix) {
             m = rest.trim();
         }
     }
-    m.trim_end_matches(')').to_string()
+    if let Some(inner) = m
+        .strip_prefix("ParserError(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        m = inner.trim_matches('"');
+    }
+    m.to_string()
 }
 
 /// Classify any DataFusion error.

@@ -27,24 +27,31 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{Sink, SinkExt, Stream, StreamExt, stream};
 use joinery_engine::SessionFactory;
+use pgwire::api::PgWireConnectionState;
 use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
 use pgwire::api::cancel::CancelHandler;
+use pgwire::api::portal::PortalExecutionState;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
     DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag,
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, DEFAULT_NAME, ErrorHandler, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
-use pgwire::messages::extendedquery::{Parse, ParseComplete};
+use pgwire::messages::extendedquery::{
+    Close, CloseComplete, Execute, Parse, ParseComplete, PortalSuspended, TARGET_TYPE_BYTE_PORTAL,
+    TARGET_TYPE_BYTE_STATEMENT,
+};
+use pgwire::messages::response::EmptyQueryResponse;
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::startup::{ParameterStatus, SecretKey};
@@ -416,38 +423,110 @@ fn sql_type_for(t: &Type) -> Option<ast::DataType> {
     })
 }
 
-/// `SELECT 1` is int4 in Postgres; DataFusion reads every integer literal as Int64. Narrow the
-/// literals of projections that fit, before type coercion runs, so result types match what
-/// drivers expect. Changed expressions keep their original name (an alias), so nothing that
-/// refers to them by name breaks.
+/// `SELECT 1` is int4 in Postgres; DataFusion reads every integer literal as Int64. In
+/// projections, an integer literal that fits is narrowed to Int32 where Postgres would type it
+/// int4: a whole output column (`SELECT 1`), an element of an array literal (`ARRAY[1,2]`), or
+/// the operand of arithmetic with an int4 expression (`$1::int4 + 1`, `int_col * 2`). Literal-
+/// only arithmetic (`100000 * 100000`) stays Int64 so it cannot wrap in 32 bits. Changed
+/// columns keep their names (an alias) and every schema above is recomputed.
 fn narrow_int_literals(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
-    plan.transform_up_with_subqueries(|node| {
-        let LogicalPlan::Projection(_) = &node else {
-            return Ok(Transformed::no(node));
-        };
-        let t = node.map_expressions(|e| {
-            let original = e.schema_name().to_string();
-            let t = e.transform_up(|e| match e {
-                Expr::Literal(ScalarValue::Int64(Some(v)), md) if i32::try_from(v).is_ok() => Ok(
-                    Transformed::yes(Expr::Literal(ScalarValue::Int32(Some(v as i32)), md)),
-                ),
-                other => Ok(Transformed::no(other)),
-            })?;
-            if !t.transformed {
-                return Ok(t);
-            }
-            Ok(Transformed::yes(match t.data {
-                a @ Expr::Alias(_) => a,
-                other => other.alias(original),
-            }))
-        })?;
-        if t.transformed {
-            Ok(Transformed::yes(t.data.recompute_schema()?))
-        } else {
-            Ok(t)
+    use datafusion::common::DFSchema;
+    use datafusion::logical_expr::{BinaryExpr, ExprSchemable, Operator};
+
+    fn small(e: &Expr) -> Option<Expr> {
+        match e {
+            Expr::Literal(ScalarValue::Int64(Some(v)), md) if i32::try_from(*v).is_ok() => Some(
+                Expr::Literal(ScalarValue::Int32(Some(*v as i32)), md.clone()),
+            ),
+            Expr::Negative(inner) => small(inner).map(|n| Expr::Negative(Box::new(n))),
+            _ => None,
         }
-    })
-    .map(|t| t.data)
+    }
+    fn is_int4(e: &Expr, schema: &DFSchema) -> bool {
+        matches!(
+            e.get_type(schema),
+            Ok(DataType::Int32) | Ok(DataType::Int16)
+        )
+    }
+    fn narrow(e: Expr, schema: &DFSchema) -> datafusion::error::Result<Transformed<Expr>> {
+        if let Some(n) = small(&e) {
+            return Ok(Transformed::yes(n));
+        }
+        e.transform_up(|x| match x {
+            Expr::BinaryExpr(BinaryExpr { left, op, right })
+                if matches!(
+                    op,
+                    Operator::Plus
+                        | Operator::Minus
+                        | Operator::Multiply
+                        | Operator::Divide
+                        | Operator::Modulo
+                ) =>
+            {
+                let (l, r) = (small(&left), small(&right));
+                if let Some(l) = l.filter(|_| is_int4(&right, schema)) {
+                    return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
+                        Box::new(l),
+                        op,
+                        right,
+                    ))));
+                }
+                if let Some(r) = r.filter(|_| is_int4(&left, schema)) {
+                    return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
+                        left,
+                        op,
+                        Box::new(r),
+                    ))));
+                }
+                Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr {
+                    left,
+                    op,
+                    right,
+                })))
+            }
+            Expr::ScalarFunction(mut f) if f.func.name() == "make_array" => {
+                let all: Option<Vec<Expr>> = f.args.iter().map(small).collect();
+                match all {
+                    Some(args) if !args.is_empty() => {
+                        f.args = args;
+                        Ok(Transformed::yes(Expr::ScalarFunction(f)))
+                    }
+                    _ => Ok(Transformed::no(Expr::ScalarFunction(f))),
+                }
+            }
+            other => Ok(Transformed::no(other)),
+        })
+    }
+    let mut changed = false;
+    let plan = plan
+        .transform_up_with_subqueries(|node| {
+            let LogicalPlan::Projection(p) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let schema = p.input.schema().clone();
+            let t = node.map_expressions(|e| {
+                let name = e.schema_name().to_string();
+                let (inner, alias) = match &e {
+                    Expr::Alias(a) => (a.expr.as_ref().clone(), Some(a.name.clone())),
+                    other => (other.clone(), None),
+                };
+                let t = narrow(inner, &schema)?;
+                Ok(if t.transformed {
+                    Transformed::yes(t.data.alias(alias.unwrap_or(name)))
+                } else {
+                    Transformed::no(e)
+                })
+            })?;
+            changed |= t.transformed;
+            Ok(t)
+        })?
+        .data;
+    if !changed {
+        return Ok(plan);
+    }
+    // Types changed below: every node's schema is recomputed bottom-up.
+    plan.transform_up_with_subqueries(|n| Ok(Transformed::yes(n.recompute_schema()?)))
+        .map(|t| t.data)
 }
 
 /// Plan one statement for the query engine: read-only, Postgres literal typing.
@@ -598,6 +677,13 @@ impl StatementParser {
             })
             .collect();
         ordered.sort_by_key(|(i, _)| *i);
+        // Bind carries at most 65535 parameters; a larger index can never be bound.
+        if ordered.last().is_some_and(|(i, _)| *i > u16::MAX as usize) {
+            return Err(SqlError::new(
+                SqlState::PROGRAM_LIMIT_EXCEEDED,
+                "too many parameters: at most 65535 are allowed",
+            ));
+        }
         let n = ordered
             .last()
             .map(|(i, _)| *i)
@@ -623,7 +709,12 @@ impl StatementParser {
                 }
             })
             .collect();
-        let schema = Arc::new(plan.schema().as_arrow().clone());
+        // Describe must announce the types execution will produce: type coercion (run by the
+        // analyzer) can still change them, so describe the analyzed plan.
+        let schema = match session.ctx.state().optimize(&plan) {
+            Ok(analyzed) => Arc::new(analyzed.schema().as_arrow().clone()),
+            Err(_) => Arc::new(plan.schema().as_arrow().clone()),
+        };
         Ok(Prepared {
             kind: PreparedKind::Query {
                 plan: Box::new(plan),
@@ -852,9 +943,8 @@ impl QueryHandler {
                     .execute_logical_plan(plan)
                     .await
                     .map_err(|e| from_datafusion(&e))?;
-                let schema = Arc::new(df.schema().as_arrow().clone());
                 let stream = df.execute_stream().await.map_err(|e| from_datafusion(&e))?;
-                Ok((schema, stream))
+                Ok((stream.schema(), stream))
             },
             &token,
             deadline,
@@ -877,6 +967,7 @@ impl QueryHandler {
         session: &Arc<Session>,
         cmd: &Command,
         format: &Format,
+        status: TransactionStatus,
     ) -> Result<Response, SqlError>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -884,7 +975,6 @@ impl QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let status = client.transaction_status();
         let in_txn = !matches!(status, TransactionStatus::Idle);
         let mut report: Vec<(String, String)> = Vec::new();
         let mut notice: Option<(SqlState, &str)> = None;
@@ -1072,6 +1162,7 @@ impl QueryHandler {
         prepared: &Prepared,
         params: Option<&ParamValues>,
         format: &Format,
+        status: TransactionStatus,
     ) -> Result<Response, SqlError>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -1079,7 +1170,7 @@ impl QueryHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if matches!(client.transaction_status(), TransactionStatus::Error) {
+        if matches!(status, TransactionStatus::Error) {
             let ends =
                 matches!(&prepared.kind, PreparedKind::Command(c) if c.ends_failed_transaction());
             if !ends {
@@ -1087,7 +1178,9 @@ impl QueryHandler {
             }
         }
         match &prepared.kind {
-            PreparedKind::Command(cmd) => self.run_command(client, session, cmd, format).await,
+            PreparedKind::Command(cmd) => {
+                self.run_command(client, session, cmd, format, status).await
+            }
             PreparedKind::Query {
                 plan, tag, names, ..
             } => {
@@ -1156,15 +1249,32 @@ impl SimpleQueryHandler for QueryHandler {
             return Ok(vec![Response::EmptyQuery]);
         }
         let mut out = Vec::with_capacity(stmts.len());
+        // pgwire applies transaction changes after the whole query string: track them here so
+        // `BEGIN; SAVEPOINT a; ...` sees its own BEGIN.
+        let mut status = client.transaction_status();
         for stmt in stmts {
             let result = async {
                 let prepared = self.parser.prepare(&session, stmt, &[]).await?;
-                self.run_prepared(client, &session, &prepared, None, &Format::UnifiedText)
-                    .await
+                self.run_prepared(
+                    client,
+                    &session,
+                    &prepared,
+                    None,
+                    &Format::UnifiedText,
+                    status,
+                )
+                .await
             }
             .await;
             match result {
-                Ok(r) => out.push(r),
+                Ok(r) => {
+                    status = match &r {
+                        Response::TransactionStart(_) => status.to_in_transaction_state(),
+                        Response::TransactionEnd(_) => status.to_idle_state(),
+                        _ => status,
+                    };
+                    out.push(r)
+                }
                 Err(e) => {
                     // Like Postgres: earlier statements' results stand, the rest are skipped.
                     if out.is_empty() {
@@ -1228,6 +1338,151 @@ impl ExtendedQueryHandler for QueryHandler {
         Ok(())
     }
 
+    /// Execute streams rows to the client as they are produced, in chunks of the client's
+    /// row limit (pgwire's default would collect a whole result in memory first).
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        let mut status = client.transaction_status();
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        // 0 (or negative) means all rows.
+        let max_rows = usize::try_from(message.max_rows).unwrap_or(0);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(p)) => p,
+            Some(Entry::Empty) => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(
+                        EmptyQueryResponse::new(),
+                    ))
+                    .await?;
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                return Ok(());
+            }
+            None => return Err(PgWireError::PortalNotFound(name.to_owned())),
+        };
+        let state = portal.state();
+        let initial = matches!(*state.lock().await, PortalExecutionState::Initial);
+        if initial {
+            match ExtendedQueryHandler::do_query(self, client, &portal, max_rows).await? {
+                Response::Query(results) => portal.start(results).await,
+                Response::EmptyQuery => {
+                    client
+                        .feed(PgWireBackendMessage::EmptyQueryResponse(
+                            EmptyQueryResponse::new(),
+                        ))
+                        .await?;
+                }
+                Response::Execution(tag) => {
+                    client
+                        .feed(PgWireBackendMessage::CommandComplete(tag.into()))
+                        .await?;
+                }
+                Response::TransactionStart(tag) => {
+                    client
+                        .feed(PgWireBackendMessage::CommandComplete(tag.into()))
+                        .await?;
+                    status = status.to_in_transaction_state();
+                }
+                Response::TransactionEnd(tag) => {
+                    client
+                        .feed(PgWireBackendMessage::CommandComplete(tag.into()))
+                        .await?;
+                    status = status.to_idle_state();
+                    client.portal_store().rm_portal(DEFAULT_NAME);
+                }
+                Response::Error(e) => {
+                    client
+                        .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                        .await?;
+                    status = status.to_error_state();
+                }
+                _ => {
+                    return Err(SqlError::new(
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        "COPY is not supported",
+                    )
+                    .into_pgwire());
+                }
+            }
+        }
+        let mut guard = state.lock().await;
+        if let PortalExecutionState::Suspended(resp) = &mut *guard {
+            let mut sent = 0usize;
+            let mut finished = false;
+            loop {
+                if max_rows > 0 && sent == max_rows {
+                    break;
+                }
+                match resp.data_rows().next().await {
+                    Some(row) => {
+                        client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+                        sent += 1;
+                    }
+                    None => {
+                        finished = true;
+                        break;
+                    }
+                }
+            }
+            if finished {
+                let tag = Tag::new(resp.command_tag()).with_rows(sent);
+                client
+                    .feed(PgWireBackendMessage::CommandComplete(tag.into()))
+                    .await?;
+                *guard = PortalExecutionState::Finished;
+            } else {
+                client
+                    .feed(PgWireBackendMessage::PortalSuspended(PortalSuspended::new()))
+                    .await?;
+            }
+        } else if matches!(*guard, PortalExecutionState::Finished) && !initial {
+            // Executing a finished portal again returns no rows, like Postgres.
+            client
+                .feed(PgWireBackendMessage::CommandComplete(
+                    Tag::new("SELECT").with_rows(0).into(),
+                ))
+                .await?;
+        }
+        drop(guard);
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        Ok(())
+    }
+
+    async fn on_close<C>(&self, client: &mut C, message: Close) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => {
+                client.portal_store().rm_statement(name);
+                if let Ok(session) = session_of(client)
+                    && let Ok(mut p) = session.prepared.lock()
+                {
+                    p.remove(name);
+                }
+            }
+            TARGET_TYPE_BYTE_PORTAL => client.portal_store().rm_portal(name),
+            _ => {}
+        }
+        client
+            .send(PgWireBackendMessage::CloseComplete(CloseComplete::new()))
+            .await?;
+        Ok(())
+    }
+
     async fn do_describe_statement<C>(
         &self,
         _client: &mut C,
@@ -1276,6 +1531,7 @@ impl ExtendedQueryHandler for QueryHandler {
     {
         let session = session_of(client)?;
         let prepared = &portal.statement.statement;
+        check_bind(portal)?;
         let params = match &prepared.kind {
             PreparedKind::Query {
                 param_types,
@@ -1293,16 +1549,56 @@ impl ExtendedQueryHandler for QueryHandler {
             }
             PreparedKind::Command(_) => None,
         };
+        let status = client.transaction_status();
         self.run_prepared(
             client,
             &session,
             prepared,
             params.as_ref(),
             &portal.result_column_format,
+            status,
         )
         .await
         .map_err(SqlError::into_pgwire)
     }
+}
+
+/// A Bind whose format codes or parameter count do not fit the statement is a protocol
+/// violation (08P01), as in Postgres, never an index out of bounds.
+fn check_bind(portal: &Portal<Prepared>) -> PgWireResult<()> {
+    let violation = |m: String| SqlError::new(SqlState::PROTOCOL_VIOLATION, m).into_pgwire();
+    let (columns, params) = match &portal.statement.statement.kind {
+        PreparedKind::Query {
+            schema,
+            param_types,
+            ..
+        } => (schema.fields().len(), param_types.len()),
+        PreparedKind::Command(c) => (show_schema(c).map(|s| s.fields().len()).unwrap_or(0), 0),
+    };
+    if let Format::Individual(codes) = &portal.result_column_format
+        && codes.len() != columns
+    {
+        return Err(violation(format!(
+            "bind message has {} result formats but query has {columns} columns",
+            codes.len()
+        )));
+    }
+    if let Format::Individual(codes) = &portal.parameter_format
+        && codes.len() != portal.parameters.len()
+    {
+        return Err(violation(format!(
+            "bind message has {} parameter formats but {} parameters",
+            codes.len(),
+            portal.parameters.len()
+        )));
+    }
+    if portal.parameters.len() != params {
+        return Err(violation(format!(
+            "bind message supplies {} parameters, but prepared statement requires {params}",
+            portal.parameters.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Log-and-continue for connection-level failures.

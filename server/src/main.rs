@@ -293,7 +293,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             for spec in &cfg.connections {
                 let result = match factory_for(&spec.kind) {
                     None => Err(format!("unknown kind '{}'", spec.kind)),
-                    Some(f) => match f.build(spec) {
+                    Some(f) => match f.build(spec, &Default::default()) {
                         Err(e) => Err(e.to_string()),
                         Ok(c) => c.check().await.map_err(|e| e.to_string()),
                     },

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use joinery_engine::{Catalog, JoineryError, SessionFactory};
-use joinery_providers::factory_for;
+use joinery_providers::{BuildContext, factory_for};
 use pgwire::api::portal::Format;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -21,6 +21,9 @@ use crate::handler::{Handlers, Shared, log_connection_error};
 /// Build the catalog and everything a server needs from a config.
 pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
     let catalog = Catalog::new(config.server.database.clone());
+    let ctx = BuildContext {
+        calls: catalog.calls().clone(),
+    };
     for spec in &config.connections {
         let factory = factory_for(&spec.kind).ok_or_else(|| {
             JoineryError::config(format!(
@@ -28,7 +31,7 @@ pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
                 spec.name, spec.kind
             ))
         })?;
-        let connector = factory.build(spec)?;
+        let connector = factory.build(spec, &ctx)?;
         catalog.add_connection(&spec.name, connector).await?;
         info!(connection = %spec.name, kind = %spec.kind, "connection ready");
     }

@@ -20,7 +20,9 @@ pub struct Session {
     pub ctx: SessionContext,
     pub catalog: Arc<SessionCatalog>,
     pub settings: Arc<Mutex<Settings>>,
-    current: Mutex<Option<CancellationToken>>,
+    /// Parent of every running statement's token: a CancelRequest cancels it (so all
+    /// statements of a multi-statement query and any open portal stop), then installs a fresh one.
+    current: Mutex<CancellationToken>,
     /// Names of prepared statements, for DEALLOCATE ALL / DISCARD ALL.
     pub prepared: Mutex<BTreeSet<String>>,
 }
@@ -43,7 +45,7 @@ impl Session {
             ctx,
             catalog,
             settings,
-            current: Mutex::new(None),
+            current: Mutex::new(CancellationToken::new()),
             prepared: Mutex::new(BTreeSet::new()),
         }
     }
@@ -54,21 +56,19 @@ impl Session {
             .map_err(|_| SqlError::new(SqlState::INTERNAL_ERROR, "session settings lock poisoned"))
     }
 
-    /// A fresh cancel token for the statement about to run.
+    /// A cancel token for the statement about to run.
     pub fn begin_statement(&self) -> CancellationToken {
-        let token = CancellationToken::new();
-        if let Ok(mut cur) = self.current.lock() {
-            *cur = Some(token.clone());
+        match self.current.lock() {
+            Ok(cur) => cur.child_token(),
+            Err(_) => CancellationToken::new(),
         }
-        token
     }
 
-    /// CancelRequest: stop whatever this session is running.
+    /// CancelRequest: stop everything this session is running.
     pub fn cancel(&self) {
-        if let Ok(cur) = self.current.lock()
-            && let Some(t) = cur.as_ref()
-        {
-            t.cancel();
+        if let Ok(mut cur) = self.current.lock() {
+            cur.cancel();
+            *cur = CancellationToken::new();
         }
     }
 

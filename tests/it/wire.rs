@@ -53,8 +53,10 @@ async fn postgres_column_names_and_types() {
         ]
     );
     let oids: Vec<u32> = stmt.columns().iter().map(|c| c.type_().oid()).collect();
-    // int4, int4, int8, int8, numeric, text, timestamptz
-    assert_eq!(oids, vec![23, 23, 20, 20, 1700, 25, 1184]);
+    // int4, int8 (Postgres says int4 for `1 + 1`; Joinery keeps literal-only arithmetic in
+    // int8 because DataFusion wraps on overflow instead of raising 22003), int8, int8,
+    // numeric, text, timestamptz
+    assert_eq!(oids, vec![23, 20, 20, 20, 1700, 25, 1184]);
 }
 
 #[tokio::test]
@@ -355,4 +357,47 @@ async fn cross_schema_join() {
         .sum();
     let paid = text_rows(&c, "SELECT count(*) FROM demo.orders WHERE status = 'paid'").await;
     assert_eq!(Some(total.to_string()), paid[0][0]);
+}
+
+#[tokio::test]
+async fn literal_typing_survives_subqueries_and_unions() {
+    let s = TestServer::demo().await;
+    let c = s.client().await;
+    let rows = c
+        .query("SELECT * FROM (SELECT 1 AS id, now() AS ts) t", &[])
+        .await
+        .expect("subquery with narrowed literal");
+    assert_eq!(rows[0].get::<_, i32>("id"), 1);
+    let rows = c
+        .query("SELECT 1 AS n UNION ALL SELECT 2", &[])
+        .await
+        .expect("union");
+    // Whatever type Describe announces is the type the rows carry.
+    let mut ns: Vec<i64> = rows
+        .iter()
+        .map(|r| match r.columns()[0].type_().oid() {
+            23 => i64::from(r.get::<_, i32>(0)),
+            _ => r.get::<_, i64>(0),
+        })
+        .collect();
+    ns.sort();
+    assert_eq!(ns, vec![1, 2]);
+    // Arithmetic on literals must not wrap around in 32 bits.
+    let r = text_rows(&c, "SELECT 100000 * 100000").await;
+    assert_eq!(r[0][0].as_deref(), Some("10000000000"));
+    let e = c
+        .prepare("SELECT $70000")
+        .await
+        .expect_err("too many parameters");
+    assert_eq!(sqlstate(&e), "54000");
+}
+
+#[tokio::test]
+async fn transaction_commands_in_one_query_string() {
+    let s = TestServer::demo().await;
+    let c = s.client().await;
+    c.simple_query("BEGIN; SAVEPOINT a; RELEASE SAVEPOINT a; SELECT 1; COMMIT")
+        .await
+        .expect("BEGIN and SAVEPOINT in one string");
+    assert_eq!(text_rows(&c, "SELECT 2").await[0][0].as_deref(), Some("2"));
 }

@@ -69,12 +69,20 @@ pub fn parse_timestamp(v: &Value, format: TimeFormat) -> Option<i64> {
             if let Ok(t) = DateTime::parse_from_rfc3339(s) {
                 return Some(t.timestamp_micros());
             }
-            for f in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%z"] {
+            for f in [
+                "%Y-%m-%dT%H:%M:%S%.f%z",
+                "%Y-%m-%d %H:%M:%S%.f%z",
+                "%Y-%m-%dT%H:%M:%S%z",
+            ] {
                 if let Ok(t) = DateTime::parse_from_str(s, f) {
                     return Some(t.timestamp_micros());
                 }
             }
-            for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+            for f in [
+                "%Y-%m-%dT%H:%M:%S%.f",
+                "%Y-%m-%d %H:%M:%S%.f",
+                "%Y-%m-%dT%H:%M",
+            ] {
                 if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
                     return Some(t.and_utc().timestamp_micros());
                 }
@@ -92,13 +100,18 @@ fn mismatch(col: &ColumnSpec, v: &Value) -> JoineryError {
     let shown: String = v.to_string().chars().take(60).collect();
     JoineryError::new(
         ErrorKind::BadResponse,
-        format!("column {} expects {:?} but the API sent {shown}", col.name, col.data_type),
+        format!(
+            "column {} expects {:?} but the API sent {shown}",
+            col.name, col.data_type
+        ),
     )
 }
 
 fn decode_column(col: &ColumnSpec, recs: &[Value]) -> Result<ArrayRef> {
     let path = col.path();
-    let values = recs.iter().map(|r| lookup(r, path).filter(|v| !v.is_null()));
+    let values = recs
+        .iter()
+        .map(|r| lookup(r, path).filter(|v| !v.is_null()));
     Ok(match col.data_type {
         ColumnType::Text => {
             let mut b = StringBuilder::with_capacity(recs.len(), recs.len() * 16);
@@ -127,7 +140,9 @@ fn decode_column(col: &ColumnSpec, recs: &[Value]) -> Result<ArrayRef> {
                 match v {
                     None => b.append_null(),
                     Some(Value::Number(n)) => match n.as_i64().or_else(|| {
-                        n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                            .map(|f| f as i64)
                     }) {
                         Some(i) => b.append_value(i),
                         None => return Err(mismatch(col, &Value::Number(n.clone()))),
@@ -162,7 +177,9 @@ fn decode_column(col: &ColumnSpec, recs: &[Value]) -> Result<ArrayRef> {
                 match v {
                     None => b.append_null(),
                     Some(Value::Bool(x)) => b.append_value(*x),
-                    Some(Value::String(s)) if s == "true" || s == "false" => b.append_value(s == "true"),
+                    Some(Value::String(s)) if s == "true" || s == "false" => {
+                        b.append_value(s == "true")
+                    }
                     Some(other) => return Err(mismatch(col, other)),
                 }
             }
@@ -228,9 +245,21 @@ mod tests {
         ] {
             assert_eq!(parse_timestamp(&v, TimeFormat::Iso8601), Some(want), "{v}");
         }
-        assert_eq!(parse_timestamp(&serde_json::json!(1_710_066_896_000i64), TimeFormat::EpochMillis), Some(want));
-        assert_eq!(parse_timestamp(&serde_json::json!("1710066896"), TimeFormat::EpochSeconds), Some(want));
-        assert_eq!(parse_timestamp(&serde_json::json!("yesterday"), TimeFormat::Iso8601), None);
+        assert_eq!(
+            parse_timestamp(
+                &serde_json::json!(1_710_066_896_000i64),
+                TimeFormat::EpochMillis
+            ),
+            Some(want)
+        );
+        assert_eq!(
+            parse_timestamp(&serde_json::json!("1710066896"), TimeFormat::EpochSeconds),
+            Some(want)
+        );
+        assert_eq!(
+            parse_timestamp(&serde_json::json!("yesterday"), TimeFormat::Iso8601),
+            None
+        );
     }
 
     #[test]

@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use futures::{Stream, StreamExt, stream};
 use serde_json::Value;
 use url::Url;
@@ -71,7 +73,11 @@ impl RestScanExec {
     /// The requests as EXPLAIN shows them (secrets redacted).
     pub fn shown_requests(&self) -> Vec<String> {
         let secrets = self.fetcher.config.auth.secret_params();
-        self.plan.requests.iter().map(|r| r.display(&secrets)).collect()
+        self.plan
+            .requests
+            .iter()
+            .map(|r| r.display(&secrets))
+            .collect()
     }
 }
 
@@ -86,7 +92,11 @@ impl DisplayAs for RestScanExec {
             self.fetcher.config.connection,
             self.table,
             shown.join("; "),
-            if n > 5 { format!("; ... {} more", n - 5) } else { String::new() }
+            if n > 5 {
+                format!("; ... {} more", n - 5)
+            } else {
+                String::new()
+            }
         )?;
         if !self.plan.pushed.is_empty() {
             write!(f, ", pushed=[{}]", self.plan.pushed.join(", "))?;
@@ -119,15 +129,28 @@ impl ExecutionPlan for RestScanExec {
         vec![]
     }
 
-    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(self)
     }
 
-    fn execute(&self, partition: usize, _ctx: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
         if partition != 0 {
-            return Err(DataFusionError::Internal(format!("RestScanExec has one partition, not {partition}")));
+            return Err(DataFusionError::Internal(format!(
+                "RestScanExec has one partition, not {partition}"
+            )));
         }
-        let columns: Vec<ColumnSpec> = self.projection.iter().map(|i| self.spec.columns[*i].clone()).collect();
+        let columns: Vec<ColumnSpec> = self
+            .projection
+            .iter()
+            .map(|i| self.spec.columns[*i].clone())
+            .collect();
         let columns = Arc::new(columns);
         let concurrency = self.fetcher.config.concurrency.max(1);
         let walkers: Vec<_> = self
@@ -149,7 +172,10 @@ impl ExecutionPlan for RestScanExec {
         let merged = stream::iter(walkers).flatten_unordered(concurrency);
         let limited = limit_rows(merged, self.plan.limit);
         let out = limited.map(|r| r.map_err(|e| e.into_datafusion()));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), out)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            out,
+        )))
     }
 }
 
@@ -192,7 +218,11 @@ fn link_next(page: &Page) -> Option<String> {
         let Ok(s) = v.to_str() else { continue };
         for part in s.split(',') {
             let mut pieces = part.split(';');
-            let url = pieces.next()?.trim().trim_start_matches('<').trim_end_matches('>');
+            let url = pieces
+                .next()?
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>');
             if pieces.any(|p| {
                 let p = p.trim().replace(' ', "");
                 p == "rel=\"next\"" || p == "rel=next"
@@ -224,7 +254,13 @@ fn value_text(v: Option<&Value>) -> Option<String> {
 
 impl Walker {
     fn with_param(&self, param: &str, value: String) -> Result<HttpCall> {
-        let mut q: Vec<(String, String)> = self.template.query.iter().filter(|(k, _)| k != param).cloned().collect();
+        let mut q: Vec<(String, String)> = self
+            .template
+            .query
+            .iter()
+            .filter(|(k, _)| k != param)
+            .cloned()
+            .collect();
         q.push((param.to_string(), value));
         Ok(HttpCall {
             method: self.template.method,
@@ -264,7 +300,8 @@ impl Walker {
                 has_more,
                 is_last,
             } => {
-                let ended = truthy(has_more.as_deref().and_then(|p| lookup(&page.body, p))) == Some(false)
+                let ended = truthy(has_more.as_deref().and_then(|p| lookup(&page.body, p)))
+                    == Some(false)
                     || truthy(is_last.as_deref().and_then(|p| lookup(&page.body, p))) == Some(true);
                 let cursor = match (response, last_record) {
                     (Some(r), _) => value_text(lookup(&page.body, r)),
@@ -319,9 +356,12 @@ impl Walker {
                 .with_table(self.table.clone()));
             }
             if self.pages >= MAX_PAGES {
-                return Err(JoineryError::new(ErrorKind::BadResponse, format!("more than {MAX_PAGES} pages"))
-                    .with_connection(self.fetcher.config.connection.clone())
-                    .with_table(self.table.clone()));
+                return Err(JoineryError::new(
+                    ErrorKind::BadResponse,
+                    format!("more than {MAX_PAGES} pages"),
+                )
+                .with_connection(self.fetcher.config.connection.clone())
+                .with_table(self.table.clone()));
             }
         }
         Ok(next)
@@ -392,13 +432,17 @@ fn page_batches(
             let recs = match records(&page.body, &w.spec.records) {
                 Ok(r) => r,
                 Err(e) => {
-                    let e = e.with_connection(w.fetcher.config.connection.clone()).with_table(w.table.clone());
+                    let e = e
+                        .with_connection(w.fetcher.config.connection.clone())
+                        .with_table(w.table.clone());
                     return Some((Err(e), (w, None)));
                 }
             };
             let cols: Vec<&ColumnSpec> = columns.iter().collect();
-            let batch = decode(&cols, schema, recs)
-                .map_err(|e| e.with_connection(w.fetcher.config.connection.clone()).with_table(w.table.clone()));
+            let batch = decode(&cols, schema, recs).map_err(|e| {
+                e.with_connection(w.fetcher.config.connection.clone())
+                    .with_table(w.table.clone())
+            });
             let next = match w.next_call(&page, recs) {
                 Ok(n) => n,
                 Err(e) => return Some((Err(e), (w, None))),

@@ -40,11 +40,20 @@ pub enum Auth {
     #[default]
     None,
     Bearer(Secret),
-    Basic { user: String, password: Secret },
+    Basic {
+        user: String,
+        password: Secret,
+    },
     /// A header such as `Authorization: Token token=...` or `X-Api-Key: ...`.
-    Header { name: String, value: Secret },
+    Header {
+        name: String,
+        value: Secret,
+    },
     /// A query parameter (redacted in logs and EXPLAIN).
-    Query { param: String, value: Secret },
+    Query {
+        param: String,
+        value: Secret,
+    },
 }
 
 impl Auth {
@@ -153,7 +162,10 @@ impl CallLog {
     }
 
     pub fn recent(&self) -> Vec<CallRecord> {
-        self.recent.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default()
+        self.recent
+            .lock()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -230,7 +242,10 @@ fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
         .parse::<f64>()
         .ok()?;
     // Epoch seconds (GitHub) or seconds from now (IETF RateLimit-Reset, PagerDuty).
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs_f64();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
     let wait = if reset > 1e9 { reset - now } else { reset };
     Some(Duration::from_secs_f64(wait.max(0.0)))
 }
@@ -243,9 +258,13 @@ impl Fetcher {
             reqwest::header::USER_AGENT,
             HeaderValue::from_static(concat!("joinery/", env!("CARGO_PKG_VERSION"))),
         );
-        headers.insert(reqwest::header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(
+            reqwest::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
         let bad = |what: &str| {
-            JoineryError::config(format!("invalid {what} header")).with_connection(config.connection.clone())
+            JoineryError::config(format!("invalid {what} header"))
+                .with_connection(config.connection.clone())
         };
         for (k, v) in &config.headers {
             let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad(k))?;
@@ -254,7 +273,8 @@ impl Fetcher {
         }
         match &config.auth {
             Auth::Bearer(t) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| bad("Authorization"))?;
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                    .map_err(|_| bad("Authorization"))?;
                 v.set_sensitive(true);
                 headers.insert(reqwest::header::AUTHORIZATION, v);
             }
@@ -266,7 +286,8 @@ impl Fetcher {
             }
             Auth::Basic { user, password } => {
                 use base64::Engine;
-                let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", password.expose()));
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{user}:{}", password.expose()));
                 let mut v = HeaderValue::from_str(&format!("Basic {token}"))
                     .map_err(|_| bad("Authorization"))?;
                 v.set_sensitive(true);
@@ -281,7 +302,8 @@ impl Fetcher {
             .pool_max_idle_per_host(config.concurrency.max(1))
             .build()
             .map_err(|e| {
-                JoineryError::internal(format!("cannot build HTTP client: {e}")).with_connection(config.connection.clone())
+                JoineryError::internal(format!("cannot build HTTP client: {e}"))
+                    .with_connection(config.connection.clone())
             })?;
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Ok(Self {
@@ -299,15 +321,18 @@ impl Fetcher {
     /// Resolve a request path (or an absolute next-page URL from the API) against the base URL,
     /// adding the auth query parameter if there is one.
     pub fn url(&self, path_or_url: &str, query: &[(String, String)]) -> Result<Url> {
-        let mut url = if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
-            Url::parse(path_or_url)
-        } else {
-            self.config.base_url.join(path_or_url.trim_start_matches('/'))
-        }
-        .map_err(|e| {
-            JoineryError::new(ErrorKind::BadResponse, format!("bad request URL: {e}"))
-                .with_connection(self.config.connection.clone())
-        })?;
+        let mut url =
+            if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
+                Url::parse(path_or_url)
+            } else {
+                self.config
+                    .base_url
+                    .join(path_or_url.trim_start_matches('/'))
+            }
+            .map_err(|e| {
+                JoineryError::new(ErrorKind::BadResponse, format!("bad request URL: {e}"))
+                    .with_connection(self.config.connection.clone())
+            })?;
         if !query.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in query {
@@ -331,7 +356,11 @@ impl Fetcher {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(k, v)| {
-                    let v = if secrets.iter().any(|s| s == k.as_ref()) { "***".to_string() } else { v.into_owned() };
+                    let v = if secrets.iter().any(|s| s == k.as_ref()) {
+                        "***".to_string()
+                    } else {
+                        v.into_owned()
+                    };
                     (k.into_owned(), v)
                 })
                 .collect();
@@ -383,112 +412,125 @@ impl Fetcher {
             };
             drop(permit);
             let latency = t0.elapsed();
-            let method = if call.method == Method::Get { "GET" } else { "POST" };
+            let method = if call.method == Method::Get {
+                "GET"
+            } else {
+                "POST"
+            };
             // What to do next: Ok(page) | Err((retryable, kind, message, wait))
-            let decision: std::result::Result<Page, (bool, ErrorKind, String, Option<Duration>)> = match outcome {
-                Err(e) => {
-                    let kind = if e.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Unavailable };
-                    let what = if e.is_timeout() {
-                        "timed out".to_string()
-                    } else if e.is_connect() {
-                        "could not connect".to_string()
-                    } else {
-                        "connection failed".to_string()
-                    };
-                    self.log.record(CallRecord {
-                        at: SystemTime::now(),
-                        connection: self.config.connection.clone(),
-                        table: table.to_string(),
-                        method,
-                        url: shown.clone(),
-                        status: None,
-                        bytes: 0,
-                        latency,
-                        attempt,
-                        error: Some(what.clone()),
-                    });
-                    Err((true, kind, format!("{method} {shown}: {what}"), None))
-                }
-                Ok((status, headers, bytes)) => {
-                    self.log.record(CallRecord {
-                        at: SystemTime::now(),
-                        connection: self.config.connection.clone(),
-                        table: table.to_string(),
-                        method,
-                        url: shown.clone(),
-                        status: Some(status),
-                        bytes: bytes.len() as u64,
-                        latency,
-                        attempt,
-                        error: None,
-                    });
-                    let snippet = || -> String {
-                        let s = String::from_utf8_lossy(&bytes);
-                        let s: String = s.chars().take(200).collect();
-                        s.replace('\n', " ")
-                    };
-                    match status {
-                        200..=299 => match serde_json::from_slice::<Value>(&bytes) {
-                            Ok(body) => Ok(Page {
-                                status,
-                                headers,
-                                body,
-                                url: call.url.clone(),
-                            }),
-                            // A truncated or garbled page may be a transient fault: retry, and
-                            // fail the query if it persists.
-                            Err(e) => Err((
+            let decision: std::result::Result<Page, (bool, ErrorKind, String, Option<Duration>)> =
+                match outcome {
+                    Err(e) => {
+                        let kind = if e.is_timeout() {
+                            ErrorKind::Timeout
+                        } else {
+                            ErrorKind::Unavailable
+                        };
+                        let what = if e.is_timeout() {
+                            "timed out".to_string()
+                        } else if e.is_connect() {
+                            "could not connect".to_string()
+                        } else {
+                            "connection failed".to_string()
+                        };
+                        self.log.record(CallRecord {
+                            at: SystemTime::now(),
+                            connection: self.config.connection.clone(),
+                            table: table.to_string(),
+                            method,
+                            url: shown.clone(),
+                            status: None,
+                            bytes: 0,
+                            latency,
+                            attempt,
+                            error: Some(what.clone()),
+                        });
+                        Err((true, kind, format!("{method} {shown}: {what}"), None))
+                    }
+                    Ok((status, headers, bytes)) => {
+                        self.log.record(CallRecord {
+                            at: SystemTime::now(),
+                            connection: self.config.connection.clone(),
+                            table: table.to_string(),
+                            method,
+                            url: shown.clone(),
+                            status: Some(status),
+                            bytes: bytes.len() as u64,
+                            latency,
+                            attempt,
+                            error: None,
+                        });
+                        let snippet = || -> String {
+                            let s = String::from_utf8_lossy(&bytes);
+                            let s: String = s.chars().take(200).collect();
+                            s.replace('\n', " ")
+                        };
+                        match status {
+                            200..=299 => match serde_json::from_slice::<Value>(&bytes) {
+                                Ok(body) => Ok(Page {
+                                    status,
+                                    headers,
+                                    body,
+                                    url: call.url.clone(),
+                                }),
+                                // A truncated or garbled page may be a transient fault: retry, and
+                                // fail the query if it persists.
+                                Err(e) => Err((
+                                    true,
+                                    ErrorKind::BadResponse,
+                                    format!("{method} {shown}: response is not valid JSON ({e})"),
+                                    None,
+                                )),
+                            },
+                            429 => Err((
                                 true,
-                                ErrorKind::BadResponse,
-                                format!("{method} {shown}: response is not valid JSON ({e})"),
+                                ErrorKind::RateLimited,
+                                format!("{method} {shown}: 429 Too Many Requests"),
+                                retry_after(&headers).or_else(|| rate_limit_reset(&headers)),
+                            )),
+                            403 if rate_limit_reset(&headers).is_some()
+                                || headers.contains_key("retry-after") =>
+                            {
+                                Err((
+                                    true,
+                                    ErrorKind::RateLimited,
+                                    format!("{method} {shown}: 403 rate limit exceeded"),
+                                    retry_after(&headers).or_else(|| rate_limit_reset(&headers)),
+                                ))
+                            }
+                            401 => Err((
+                                false,
+                                ErrorKind::Unauthenticated,
+                                format!("{method} {shown}: 401 Unauthorized ({})", snippet()),
                                 None,
                             )),
-                        },
-                        429 => Err((
-                            true,
-                            ErrorKind::RateLimited,
-                            format!("{method} {shown}: 429 Too Many Requests"),
-                            retry_after(&headers).or_else(|| rate_limit_reset(&headers)),
-                        )),
-                        403 if rate_limit_reset(&headers).is_some() || headers.contains_key("retry-after") => Err((
-                            true,
-                            ErrorKind::RateLimited,
-                            format!("{method} {shown}: 403 rate limit exceeded"),
-                            retry_after(&headers).or_else(|| rate_limit_reset(&headers)),
-                        )),
-                        401 => Err((
-                            false,
-                            ErrorKind::Unauthenticated,
-                            format!("{method} {shown}: 401 Unauthorized ({})", snippet()),
-                            None,
-                        )),
-                        403 => Err((
-                            false,
-                            ErrorKind::PermissionDenied,
-                            format!("{method} {shown}: 403 Forbidden ({})", snippet()),
-                            None,
-                        )),
-                        404 => Err((
-                            false,
-                            ErrorKind::NotFound,
-                            format!("{method} {shown}: 404 Not Found ({})", snippet()),
-                            None,
-                        )),
-                        408 | 500..=599 => Err((
-                            true,
-                            ErrorKind::Unavailable,
-                            format!("{method} {shown}: HTTP {status} ({})", snippet()),
-                            retry_after(&headers),
-                        )),
-                        _ => Err((
-                            false,
-                            ErrorKind::InvalidInput,
-                            format!("{method} {shown}: HTTP {status} ({})", snippet()),
-                            None,
-                        )),
+                            403 => Err((
+                                false,
+                                ErrorKind::PermissionDenied,
+                                format!("{method} {shown}: 403 Forbidden ({})", snippet()),
+                                None,
+                            )),
+                            404 => Err((
+                                false,
+                                ErrorKind::NotFound,
+                                format!("{method} {shown}: 404 Not Found ({})", snippet()),
+                                None,
+                            )),
+                            408 | 500..=599 => Err((
+                                true,
+                                ErrorKind::Unavailable,
+                                format!("{method} {shown}: HTTP {status} ({})", snippet()),
+                                retry_after(&headers),
+                            )),
+                            _ => Err((
+                                false,
+                                ErrorKind::InvalidInput,
+                                format!("{method} {shown}: HTTP {status} ({})", snippet()),
+                                None,
+                            )),
+                        }
                     }
-                }
-            };
+                };
             let (retryable, kind, msg, wait) = match decision {
                 Ok(page) => return Ok(page),
                 Err(d) => d,
@@ -497,8 +539,11 @@ impl Fetcher {
                 .base_backoff
                 .saturating_mul(2u32.saturating_pow(attempt.min(16)))
                 .min(policy.max_backoff);
-            let jitter = Duration::from_micros(rand::random_range(0..=cap.as_micros().max(1) as u64));
-            let wait = wait.map(|w| w.max(Duration::from_millis(1))).unwrap_or(jitter);
+            let jitter =
+                Duration::from_micros(rand::random_range(0..=cap.as_micros().max(1) as u64));
+            let wait = wait
+                .map(|w| w.max(Duration::from_millis(1)))
+                .unwrap_or(jitter);
             let out_of_time = started.elapsed() + wait > policy.deadline;
             if !retryable || attempt >= policy.max_attempts || out_of_time {
                 let msg = if retryable {
@@ -513,4 +558,3 @@ impl Fetcher {
         }
     }
 }
-

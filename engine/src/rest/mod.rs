@@ -13,6 +13,7 @@
 
 pub mod decode;
 pub mod exec;
+pub mod fake;
 pub mod fetch;
 pub mod plan;
 pub mod spec;

@@ -66,7 +66,13 @@ fn filter_op(op: Operator) -> Option<FilterOp> {
 /// Recognize the shapes an API can take: `col op lit` (either side), `col IN (...)`,
 /// `col BETWEEN a AND b`, `col IS [NOT] NULL`, `col LIKE 'prefix%'`.
 pub fn recognize(e: &Expr) -> Option<Vec<Matched>> {
-    let one = |column: &str, op, values| Some(vec![Matched { column: column.to_string(), op, values }]);
+    let one = |column: &str, op, values| {
+        Some(vec![Matched {
+            column: column.to_string(),
+            op,
+            values,
+        }])
+    };
     match e {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             if let (Some(c), Some(v)) = (column_name(left), literal(right)) {
@@ -79,14 +85,23 @@ pub fn recognize(e: &Expr) -> Option<Vec<Matched>> {
         }
         Expr::InList(l) if !l.negated => {
             let c = column_name(&l.expr)?;
-            let values: Option<Vec<ScalarValue>> = l.list.iter().map(|v| literal(v).cloned()).collect();
+            let values: Option<Vec<ScalarValue>> =
+                l.list.iter().map(|v| literal(v).cloned()).collect();
             one(c, FilterOp::In, values?)
         }
         Expr::Between(b) if !b.negated => {
             let c = column_name(&b.expr)?;
             Some(vec![
-                Matched { column: c.to_string(), op: FilterOp::Gte, values: vec![literal(&b.low)?.clone()] },
-                Matched { column: c.to_string(), op: FilterOp::Lte, values: vec![literal(&b.high)?.clone()] },
+                Matched {
+                    column: c.to_string(),
+                    op: FilterOp::Gte,
+                    values: vec![literal(&b.low)?.clone()],
+                },
+                Matched {
+                    column: c.to_string(),
+                    op: FilterOp::Lte,
+                    values: vec![literal(&b.high)?.clone()],
+                },
             ])
         }
         Expr::IsNull(inner) => one(column_name(inner)?, FilterOp::IsNull, vec![]),
@@ -94,14 +109,20 @@ pub fn recognize(e: &Expr) -> Option<Vec<Matched>> {
         Expr::Like(l) if !l.negated && !l.case_insensitive && l.escape_char.is_none() => {
             let c = column_name(&l.expr)?;
             let pattern = match literal(&l.pattern)? {
-                ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => s,
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::Utf8View(Some(s))
+                | ScalarValue::LargeUtf8(Some(s)) => s,
                 _ => return None,
             };
             let prefix = pattern.strip_suffix('%')?;
             if prefix.contains(['%', '_', '\\']) {
                 return None;
             }
-            one(c, FilterOp::Prefix, vec![ScalarValue::Utf8(Some(prefix.to_string()))])
+            one(
+                c,
+                FilterOp::Prefix,
+                vec![ScalarValue::Utf8(Some(prefix.to_string()))],
+            )
         }
         _ => None,
     }
@@ -140,7 +161,9 @@ pub fn format_value(v: &ScalarValue, format: ValueFormat) -> Option<String> {
         };
     }
     let s = match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => s.clone(),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => s.clone(),
         ScalarValue::Boolean(Some(b)) => b.to_string(),
         ScalarValue::Int8(Some(_))
         | ScalarValue::Int16(Some(_))
@@ -176,7 +199,10 @@ impl Binding {
 
 /// Decide each filter: the first filter that binds a parameter is pushed (Exact or Inexact as
 /// the rule says); a second filter on the same parameter stays with DataFusion.
-fn bind_all(spec: &TableSpec, filters: &[&Expr]) -> (Vec<TableProviderFilterPushDown>, Vec<Binding>) {
+fn bind_all(
+    spec: &TableSpec,
+    filters: &[&Expr],
+) -> (Vec<TableProviderFilterPushDown>, Vec<Binding>) {
     let mut verdicts = Vec::with_capacity(filters.len());
     let mut bindings: Vec<Binding> = Vec::new();
     for f in filters {
@@ -189,7 +215,10 @@ fn bind_all(spec: &TableSpec, filters: &[&Expr]) -> (Vec<TableProviderFilterPush
                 let found = spec.filters.iter().enumerate().find(|(_, r)| {
                     r.column == m.column
                         && r.accepts(m.op)
-                        && !bindings.iter().chain(local.iter()).any(|b| b.target(spec) == r.target())
+                        && !bindings
+                            .iter()
+                            .chain(local.iter())
+                            .any(|b| b.target(spec) == r.target())
                 });
                 // `=` can ride on an IN rule, and IN of one value on an `=` rule.
                 let found = found.or_else(|| {
@@ -201,25 +230,37 @@ fn bind_all(spec: &TableSpec, filters: &[&Expr]) -> (Vec<TableProviderFilterPush
                     spec.filters.iter().enumerate().find(|(_, r)| {
                         r.column == m.column
                             && r.accepts(alt)
-                            && !bindings.iter().chain(local.iter()).any(|b| b.target(spec) == r.target())
+                            && !bindings
+                                .iter()
+                                .chain(local.iter())
+                                .any(|b| b.target(spec) == r.target())
                     })
                 });
                 let Some((idx, rule)) = found else {
                     ok = false;
                     break;
                 };
-                let values: Option<Vec<String>> = m.values.iter().map(|v| format_value(v, rule.format)).collect();
+                let values: Option<Vec<String>> = m
+                    .values
+                    .iter()
+                    .map(|v| format_value(v, rule.format))
+                    .collect();
                 let Some(values) = values else {
                     ok = false;
                     break;
                 };
-                let op = if m.op == FilterOp::In && values.len() == 1 && !rule.accepts(FilterOp::In) {
+                let op = if m.op == FilterOp::In && values.len() == 1 && !rule.accepts(FilterOp::In)
+                {
                     FilterOp::Eq
                 } else {
                     m.op
                 };
                 all_exact &= rule.exact;
-                local.push(Binding { rule: idx, op, values });
+                local.push(Binding {
+                    rule: idx,
+                    op,
+                    values,
+                });
             }
             if ok {
                 bindings.extend(local);
@@ -253,7 +294,15 @@ pub struct RequestTemplate {
 impl RequestTemplate {
     /// `GET /path?a=1&b=2` with values shown as sent (the caller redacts secrets).
     pub fn display(&self, redact: &[String]) -> String {
-        let mut s = format!("{} {}", if self.method == Method::Get { "GET" } else { "POST" }, self.path);
+        let mut s = format!(
+            "{} {}",
+            if self.method == Method::Get {
+                "GET"
+            } else {
+                "POST"
+            },
+            self.path
+        );
         if !self.query.is_empty() {
             let q: Vec<String> = self
                 .query
@@ -305,12 +354,16 @@ pub fn plan_scan(
 ) -> Result<ScanPlan> {
     let refs: Vec<&Expr> = filters.iter().collect();
     let (verdicts, bindings) = bind_all(spec, &refs);
-    let all_exact = verdicts.iter().all(|v| matches!(v, TableProviderFilterPushDown::Exact));
+    let all_exact = verdicts
+        .iter()
+        .all(|v| matches!(v, TableProviderFilterPushDown::Exact));
 
     // Every placeholder must be filled by a filter or a connection variable.
     let mut path_values: Vec<(String, Vec<String>)> = Vec::new();
     for p in spec.placeholders() {
-        let bound = bindings.iter().find(|b| spec.filters[b.rule].path.as_deref() == Some(p.as_str()));
+        let bound = bindings
+            .iter()
+            .find(|b| spec.filters[b.rule].path.as_deref() == Some(p.as_str()));
         match (bound, vars.get(&p)) {
             (Some(b), _) => path_values.push((p, b.values.clone())),
             (None, Some(v)) => path_values.push((p, vec![v.clone()])),
@@ -328,7 +381,11 @@ pub fn plan_scan(
                     ErrorKind::InvalidInput,
                     format!(
                         "a WHERE filter on {} is required to read this table",
-                        if how.is_empty() { p.clone() } else { how.join(" or ") }
+                        if how.is_empty() {
+                            p.clone()
+                        } else {
+                            how.join(" or ")
+                        }
                     ),
                 )
                 .with_table(table)
@@ -341,14 +398,22 @@ pub fn plan_scan(
             let ops: Vec<&str> = r.operators().iter().map(|o| o.sql()).collect();
             return Err(JoineryError::new(
                 ErrorKind::InvalidInput,
-                format!("a WHERE filter on {} ({}) is required to read this table", r.column, ops.join(" or ")),
+                format!(
+                    "a WHERE filter on {} ({}) is required to read this table",
+                    r.column,
+                    ops.join(" or ")
+                ),
             )
             .with_table(table));
         }
     }
 
     // Query parameters: fixed ones, then pushed filters; fan-out lists multiply requests.
-    let mut base: Vec<(String, String)> = spec.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut base: Vec<(String, String)> = spec
+        .query
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut fanouts: Vec<(String, Vec<String>)> = Vec::new();
     let mut pushed = Vec::new();
     for b in &bindings {
@@ -357,7 +422,12 @@ pub fn plan_scan(
             Some(t) => t.replace("{value}", v),
             None => v.to_string(),
         };
-        pushed.push(format!("{} {} -> {}", rule.column, b.op.sql(), rule.target()));
+        pushed.push(format!(
+            "{} {} -> {}",
+            rule.column,
+            b.op.sql(),
+            rule.target()
+        ));
         let Some(param) = &rule.param else { continue };
         let values: Vec<String> = match b.op {
             FilterOp::IsNull => vec![render("null")],
@@ -386,25 +456,31 @@ pub fn plan_scan(
     }
 
     // Cartesian product of path values and fan-out parameters.
-    let mut combos: Vec<(Vec<(String, String)>, Vec<(String, String)>)> = vec![(vec![], vec![])];
+    // (path placeholder values, fan-out query parameters) of each request.
+    type Pairs = Vec<(String, String)>;
+    let mut combos: Vec<(Pairs, Pairs)> = vec![(vec![], vec![])];
     for (name, vals) in &path_values {
         combos = combos
             .into_iter()
-            .flat_map(|(p, q)| vals.iter().map(move |v| {
-                let mut p = p.clone();
-                p.push((name.clone(), v.clone()));
-                (p, q.clone())
-            }))
+            .flat_map(|(p, q)| {
+                vals.iter().map(move |v| {
+                    let mut p = p.clone();
+                    p.push((name.clone(), v.clone()));
+                    (p, q.clone())
+                })
+            })
             .collect();
     }
     for (name, vals) in &fanouts {
         combos = combos
             .into_iter()
-            .flat_map(|(p, q)| vals.iter().map(move |v| {
-                let mut q = q.clone();
-                q.push((name.clone(), v.clone()));
-                (p.clone(), q)
-            }))
+            .flat_map(|(p, q)| {
+                vals.iter().map(move |v| {
+                    let mut q = q.clone();
+                    q.push((name.clone(), v.clone()));
+                    (p.clone(), q)
+                })
+            })
             .collect();
         if combos.len() > MAX_FANOUT {
             return Err(JoineryError::new(
@@ -471,14 +547,19 @@ mod tests {
     }
 
     fn vars() -> BTreeMap<String, String> {
-        [("owner".to_string(), "acme".to_string())].into_iter().collect()
+        [("owner".to_string(), "acme".to_string())]
+            .into_iter()
+            .collect()
     }
 
     #[test]
     fn verdicts_follow_rules() {
         let s = spec();
         let f1 = col("state").eq(lit("open"));
-        let f2 = col("updated_at").gt_eq(lit(ScalarValue::TimestampMicrosecond(Some(0), Some("UTC".into()))));
+        let f2 = col("updated_at").gt_eq(lit(ScalarValue::TimestampMicrosecond(
+            Some(0),
+            Some("UTC".into()),
+        )));
         let f3 = col("number").eq(lit(5i64));
         let f4 = col("state").eq(lit("closed"));
         let v = pushdown_verdicts(&s, &[&f1, &f2, &f3, &f4]);
@@ -522,7 +603,10 @@ mod tests {
         let p = plan_scan(&s, "issues", &vars(), &f, Some(5)).expect("plan");
         assert_eq!(p.page_size, Some(5));
         assert_eq!(p.limit, Some(5));
-        assert_eq!(p.requests[0].display(&[]), "GET /repos/acme/r/issues?per_page=5&state=open");
+        assert_eq!(
+            p.requests[0].display(&[]),
+            "GET /repos/acme/r/issues?per_page=5&state=open"
+        );
     }
 
     #[test]
@@ -537,16 +621,31 @@ mod tests {
         let s = spec();
         let f = vec![col("repository").eq(lit("a/../b?x=1&y#z"))];
         let p = plan_scan(&s, "issues", &vars(), &f, None).expect("plan");
-        assert_eq!(p.requests[0].path, "/repos/acme/a%2F..%2Fb%3Fx%3D1%26y%23z/issues");
+        assert_eq!(
+            p.requests[0].path,
+            "/repos/acme/a%2F..%2Fb%3Fx%3D1%26y%23z/issues"
+        );
     }
 
     #[test]
     fn recognizes_shapes() {
-        assert_eq!(recognize(&lit("x").eq(col("state"))).map(|m| m[0].op), Some(FilterOp::Eq));
-        assert_eq!(recognize(&lit(3i64).lt(col("number"))).map(|m| m[0].op), Some(FilterOp::Gt));
+        assert_eq!(
+            recognize(&lit("x").eq(col("state"))).map(|m| m[0].op),
+            Some(FilterOp::Eq)
+        );
+        assert_eq!(
+            recognize(&lit(3i64).lt(col("number"))).map(|m| m[0].op),
+            Some(FilterOp::Gt)
+        );
         let b = recognize(&col("number").between(lit(1i64), lit(9i64))).unwrap_or_default();
-        assert_eq!(b.iter().map(|m| m.op).collect::<Vec<_>>(), vec![FilterOp::Gte, FilterOp::Lte]);
-        assert_eq!(recognize(&col("state").like(lit("op%"))).map(|m| m[0].op), Some(FilterOp::Prefix));
+        assert_eq!(
+            b.iter().map(|m| m.op).collect::<Vec<_>>(),
+            vec![FilterOp::Gte, FilterOp::Lte]
+        );
+        assert_eq!(
+            recognize(&col("state").like(lit("op%"))).map(|m| m[0].op),
+            Some(FilterOp::Prefix)
+        );
         assert_eq!(recognize(&col("state").like(lit("o_%"))), None);
         assert_eq!(recognize(&col("state").not_eq(lit("x"))), None);
     }
@@ -554,8 +653,17 @@ mod tests {
     #[test]
     fn timestamps_format_per_rule() {
         let t = ScalarValue::TimestampMicrosecond(Some(1_710_066_896_000_000), Some("UTC".into()));
-        assert_eq!(format_value(&t, ValueFormat::Iso8601).as_deref(), Some("2024-03-10T10:34:56Z"));
-        assert_eq!(format_value(&t, ValueFormat::EpochSeconds).as_deref(), Some("1710066896"));
-        assert_eq!(format_value(&t, ValueFormat::EpochMillis).as_deref(), Some("1710066896000"));
+        assert_eq!(
+            format_value(&t, ValueFormat::Iso8601).as_deref(),
+            Some("2024-03-10T10:34:56Z")
+        );
+        assert_eq!(
+            format_value(&t, ValueFormat::EpochSeconds).as_deref(),
+            Some("1710066896")
+        );
+        assert_eq!(
+            format_value(&t, ValueFormat::EpochMillis).as_deref(),
+            Some("1710066896000")
+        );
     }
 }

@@ -213,7 +213,11 @@ impl FilterRule {
     }
 
     pub fn operators(&self) -> Vec<FilterOp> {
-        let mut v: Vec<FilterOp> = self.op.into_iter().chain(self.ops.iter().copied()).collect();
+        let mut v: Vec<FilterOp> = self
+            .op
+            .into_iter()
+            .chain(self.ops.iter().copied())
+            .collect();
         v.dedup();
         v
     }
@@ -316,12 +320,18 @@ impl TableSpec {
                 return err(format!("filter on '{}' names no operator", r.column));
             }
             if r.param.is_none() && r.path.is_none() {
-                return err(format!("filter on '{}' has neither param nor path", r.column));
+                return err(format!(
+                    "filter on '{}' has neither param nor path",
+                    r.column
+                ));
             }
             if let Some(p) = &r.path
                 && !self.path.contains(&format!("{{{p}}}"))
             {
-                return err(format!("filter on '{}' targets {{{p}}}, which the path lacks", r.column));
+                return err(format!(
+                    "filter on '{}' targets {{{p}}}, which the path lacks",
+                    r.column
+                ));
             }
         }
         Ok(())

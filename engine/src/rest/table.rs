@@ -29,7 +29,11 @@ pub struct RestTable {
 }
 
 impl RestTable {
-    pub fn try_new(spec: TableSpec, fetcher: Arc<Fetcher>, vars: BTreeMap<String, String>) -> Result<Self> {
+    pub fn try_new(
+        spec: TableSpec,
+        fetcher: Arc<Fetcher>,
+        vars: BTreeMap<String, String>,
+    ) -> Result<Self> {
         spec.validate()?;
         let schema = spec.schema();
         Ok(Self {
@@ -55,7 +59,10 @@ impl TableProvider for RestTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         Ok(pushdown_verdicts(&self.spec, filters))
     }
 
@@ -66,8 +73,11 @@ impl TableProvider for RestTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let plan = plan_scan(&self.spec, &self.spec.name, &self.vars, filters, limit)
-            .map_err(|e| e.with_connection(self.fetcher.config.connection.clone()).into_datafusion())?;
+        let plan =
+            plan_scan(&self.spec, &self.spec.name, &self.vars, filters, limit).map_err(|e| {
+                e.with_connection(self.fetcher.config.connection.clone())
+                    .into_datafusion()
+            })?;
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use datafusion::catalog::MemTable;
 use joinery_engine::{Connector, JoineryError, Result, TableEntry};
 
-use crate::registry::{ConnectionSpec, ConnectorFactory};
+use crate::registry::{BuildContext, ConnectionSpec, ConnectorFactory};
 
 pub struct DemoFactory;
 
@@ -34,7 +34,7 @@ impl ConnectorFactory for DemoFactory {
         &["seed", "scale"]
     }
 
-    fn build(&self, spec: &ConnectionSpec) -> Result<Arc<dyn Connector>> {
+    fn build(&self, spec: &ConnectionSpec, _ctx: &BuildContext) -> Result<Arc<dyn Connector>> {
         let seed = spec.u64_option("seed")?.unwrap_or(42);
         let scale = spec.u64_option("scale")?.unwrap_or(1);
         if scale == 0 || scale > 10_000 {

@@ -1,0 +1,179 @@
+//! `kind = "rest"`: any JSON API, described in `joinery.toml` without a line of Rust.
+//!
+//! ```toml
+//! [connections.billing]
+//! kind = "rest"
+//! base_url = "https://billing.internal/api"
+//! token = "${BILLING_TOKEN}"                 # or username/password, or api_key + api_key_header/param
+//!
+//! [[connections.billing.tables]]
+//! name = "invoices"
+//! path = "/v1/invoices"
+//! records = "data"
+//! pagination = { type = "cursor", param = "starting_after", last_record = "id", has_more = "has_more" }
+//! page_size = { param = "limit", max = 100 }
+//! columns = [
+//!   { name = "id", type = "text" },
+//!   { name = "status", type = "text", description = "draft, open, paid, void" },
+//!   { name = "created", type = "timestamp", format = "epoch_seconds" },
+//! ]
+//! filters = [ { column = "status", op = "eq", param = "status", exact = true } ]
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use joinery_engine::rest::{Auth, FetchConfig, Fetcher, RestConnector, Secret, TableSpec};
+use joinery_engine::{Connector, JoineryError, Result};
+
+use crate::registry::{BuildContext, ConnectionSpec, ConnectorFactory};
+
+pub struct RestFactory;
+
+fn string_map(spec: &ConnectionSpec, key: &str) -> Result<BTreeMap<String, String>> {
+    match spec.options.get(key) {
+        None => Ok(BTreeMap::new()),
+        Some(serde_json::Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
+                other => Ok((k.clone(), other.to_string())),
+            })
+            .collect(),
+        Some(_) => Err(JoineryError::config(format!(
+            "connection '{}': '{key}' must be a table of strings",
+            spec.name
+        ))),
+    }
+}
+
+/// The auth options shared by every HTTP connector.
+pub fn auth_from(spec: &ConnectionSpec) -> Result<Auth> {
+    let token = spec.str_option("token")?;
+    let user = spec.str_option("username")?;
+    let password = spec.str_option("password")?;
+    let key = spec.str_option("api_key")?;
+    let header = spec.str_option("api_key_header")?;
+    let param = spec.str_option("api_key_param")?;
+    Ok(match (token, user, key) {
+        (Some(t), None, None) => Auth::Bearer(Secret::new(t)),
+        (None, Some(u), None) => Auth::Basic {
+            user: u.to_string(),
+            password: Secret::new(password.unwrap_or_default()),
+        },
+        (None, None, Some(k)) => match (header, param) {
+            (Some(h), None) => Auth::Header {
+                name: h.to_string(),
+                value: Secret::new(k),
+            },
+            (None, Some(p)) => Auth::Query {
+                param: p.to_string(),
+                value: Secret::new(k),
+            },
+            _ => {
+                return Err(JoineryError::config(format!(
+                    "connection '{}': api_key needs exactly one of api_key_header or api_key_param",
+                    spec.name
+                )));
+            }
+        },
+        (None, None, None) => Auth::None,
+        _ => {
+            return Err(JoineryError::config(format!(
+                "connection '{}': use one of token, username/password or api_key",
+                spec.name
+            )));
+        }
+    })
+}
+
+/// A fetcher from the common HTTP options (`base_url`, auth, `headers`, `concurrency`,
+/// `timeout_ms`, `max_attempts`).
+pub fn fetcher_from(
+    spec: &ConnectionSpec,
+    ctx: &BuildContext,
+    default_base: Option<&str>,
+) -> Result<Arc<Fetcher>> {
+    let base = spec.base_url.as_deref().or(default_base).ok_or_else(|| {
+        JoineryError::config(format!("connection '{}' needs base_url", spec.name))
+    })?;
+    let mut cfg = FetchConfig::new(spec.name.clone(), base)?;
+    cfg.auth = auth_from(spec)?;
+    cfg.headers = string_map(spec, "headers")?.into_iter().collect();
+    if let Some(n) = spec.u64_option("concurrency")? {
+        cfg.concurrency = n.clamp(1, 256) as usize;
+    }
+    if let Some(ms) = spec.u64_option("timeout_ms")? {
+        cfg.timeout = Duration::from_millis(ms.max(1));
+    }
+    if let Some(n) = spec.u64_option("max_attempts")? {
+        cfg.retry.max_attempts = n.clamp(1, 20) as u32;
+    }
+    Ok(Arc::new(Fetcher::new(cfg, ctx.calls.clone())?))
+}
+
+/// Keys every HTTP connector accepts.
+pub const HTTP_KEYS: &[&str] = &[
+    "token",
+    "username",
+    "password",
+    "api_key",
+    "api_key_header",
+    "api_key_param",
+    "headers",
+    "concurrency",
+    "timeout_ms",
+    "max_attempts",
+];
+
+impl ConnectorFactory for RestFactory {
+    fn kind(&self) -> &'static str {
+        "rest"
+    }
+
+    fn description(&self) -> &'static str {
+        "any JSON API, tables declared in the config"
+    }
+
+    fn option_keys(&self) -> &'static [&'static str] {
+        &[
+            "tables",
+            "vars",
+            "token",
+            "username",
+            "password",
+            "api_key",
+            "api_key_header",
+            "api_key_param",
+            "headers",
+            "concurrency",
+            "timeout_ms",
+            "max_attempts",
+        ]
+    }
+
+    fn build(&self, spec: &ConnectionSpec, ctx: &BuildContext) -> Result<Arc<dyn Connector>> {
+        let fetcher = fetcher_from(spec, ctx, None)?;
+        let tables = match spec.options.get("tables") {
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|t| {
+                    TableSpec::from_json(t.clone()).map_err(|e| {
+                        JoineryError::config(format!("connection '{}': {}", spec.name, e.message))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            _ => {
+                return Err(JoineryError::config(format!(
+                    "connection '{}': declare its tables as [[connections.{}.tables]]",
+                    spec.name, spec.name
+                )));
+            }
+        };
+        let vars = string_map(spec, "vars")?;
+        Ok(Arc::new(RestConnector::try_new(
+            "rest", tables, fetcher, vars,
+        )?))
+    }
+}
