@@ -68,6 +68,12 @@ impl SessionFactory {
         // Postgres semantics: unquoted identifiers fold to lowercase, `1.5` is numeric.
         config.options_mut().sql_parser.enable_ident_normalization = true;
         config.options_mut().sql_parser.parse_float_as_decimal = true;
+        // Round-robin repartitioning pulls batches ahead of the consumer; for API-backed tables
+        // that means fetching pages a LIMIT will never read. Sources bring their own partitions.
+        config
+            .options_mut()
+            .optimizer
+            .enable_round_robin_repartition = false;
         let pool = TrackConsumersPool::new(
             GreedyMemoryPool::new(self.config.query_memory_limit),
             NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),

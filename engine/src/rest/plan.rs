@@ -63,8 +63,29 @@ fn filter_op(op: Operator) -> Option<FilterOp> {
     })
 }
 
-/// Recognize the shapes an API can take: `col op lit` (either side), `col IN (...)`,
-/// `col BETWEEN a AND b`, `col IS [NOT] NULL`, `col LIKE 'prefix%'`.
+/// `a = 1 OR a = 2 OR a IN (3)`: DataFusion rewrites short IN lists to ORs of equalities.
+fn or_of_equalities(e: &Expr, column: &mut Option<String>, values: &mut Vec<ScalarValue>) -> bool {
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => or_of_equalities(left, column, values) && or_of_equalities(right, column, values),
+        other => match recognize(other).as_deref() {
+            Some([m]) if matches!(m.op, FilterOp::Eq | FilterOp::In) => {
+                if column.get_or_insert_with(|| m.column.clone()) != &m.column {
+                    return false;
+                }
+                values.extend(m.values.iter().cloned());
+                true
+            }
+            _ => false,
+        },
+    }
+}
+
+/// Recognize the shapes an API can take: `col op lit` (either side), `col IN (...)` (also as
+/// an OR of equalities), `col BETWEEN a AND b`, `col IS [NOT] NULL`, `col LIKE 'prefix%'`.
 pub fn recognize(e: &Expr) -> Option<Vec<Matched>> {
     let one = |column: &str, op, values| {
         Some(vec![Matched {
@@ -74,6 +95,16 @@ pub fn recognize(e: &Expr) -> Option<Vec<Matched>> {
         }])
     };
     match e {
+        Expr::BinaryExpr(BinaryExpr {
+            op: Operator::Or, ..
+        }) => {
+            let mut column = None;
+            let mut values = Vec::new();
+            if !or_of_equalities(e, &mut column, &mut values) {
+                return None;
+            }
+            one(&column?, FilterOp::In, values)
+        }
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             if let (Some(c), Some(v)) = (column_name(left), literal(right)) {
                 return one(c, filter_op(*op)?, vec![v.clone()]);
@@ -648,6 +679,13 @@ mod tests {
         );
         assert_eq!(recognize(&col("state").like(lit("o_%"))), None);
         assert_eq!(recognize(&col("state").not_eq(lit("x"))), None);
+        let or = col("state").eq(lit("a")).or(col("state").eq(lit("b")));
+        assert_eq!(
+            recognize(&or).map(|m| (m[0].op, m[0].values.len())),
+            Some((FilterOp::In, 2))
+        );
+        let mixed = col("state").eq(lit("a")).or(col("labels").eq(lit("b")));
+        assert_eq!(recognize(&mixed), None);
     }
 
     #[test]
