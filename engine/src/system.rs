@@ -117,6 +117,10 @@ impl SystemTableKind {
                         "1 for the first try, more for retries",
                     ),
                     s("error", "Transport error, if any"),
+                    described(
+                        Field::new("cache_hit", DataType::Boolean, false),
+                        "Answered from Joinery's cache (no request sent)",
+                    ),
                 ]),
                 "Recent calls to upstream APIs (the last 10000), newest last",
             ),
@@ -194,6 +198,7 @@ impl SystemTable {
                 let mut latency = arrow::array::Float64Builder::new();
                 let mut attempt = UInt32Builder::new();
                 let mut error = StringBuilder::new();
+                let mut hit = BooleanBuilder::new();
                 for c in calls {
                     let micros =
                         c.at.duration_since(std::time::UNIX_EPOCH)
@@ -209,6 +214,7 @@ impl SystemTable {
                     latency.append_value(c.latency.as_secs_f64() * 1000.0);
                     attempt.append_value(c.attempt);
                     error.append_option(c.error.as_deref());
+                    hit.append_value(c.cache_hit);
                 }
                 vec![
                     Arc::new(at.finish()),
@@ -221,6 +227,7 @@ impl SystemTable {
                     Arc::new(latency.finish()),
                     Arc::new(attempt.finish()),
                     Arc::new(error.finish()),
+                    Arc::new(hit.finish()),
                 ]
             }
             SystemTableKind::Connections => {

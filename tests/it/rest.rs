@@ -23,7 +23,13 @@ fn records(n: usize) -> Vec<Value> {
 }
 
 /// The TOML of a rest connection over `fake` with the given pagination.
-fn config(fake: &FakeApi, pagination: &str, records_path: &str, page_param: &str) -> String {
+fn config(
+    fake: &FakeApi,
+    pagination: &str,
+    records_path: &str,
+    page_param: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -33,6 +39,7 @@ listen = "127.0.0.1:0"
 kind = "rest"
 base_url = "{base}"
 max_attempts = 3
+{extra}
 
 [[connections.api.tables]]
 name = "items"
@@ -60,6 +67,11 @@ filters = [
 }
 
 async fn setup(style: Style, n: usize) -> (FakeApi, TestServer) {
+    // Most tests count requests, so the cache is off unless a test turns it on.
+    setup_with(style, n, "cache_ttl_s = 0").await
+}
+
+async fn setup_with(style: Style, n: usize, extra: &str) -> (FakeApi, TestServer) {
     let fake = FakeApi::start(style, records(n), 10, 10)
         .await
         .expect("fake starts");
@@ -87,7 +99,7 @@ async fn setup(style: Style, n: usize) -> (FakeApi, TestServer) {
             "limit",
         ),
     };
-    let server = TestServer::with_config(&config(&fake, pagination, path, page_param)).await;
+    let server = TestServer::with_config(&config(&fake, pagination, path, page_param, extra)).await;
     (fake, server)
 }
 
@@ -282,6 +294,10 @@ async fn retries_survive_429_and_5xx_without_wrong_results() {
         Some("3"),
         "third attempt succeeded: {calls:?}"
     );
+    // GitHub's 403 with `x-ratelimit-remaining: 0` waits for the reset, then succeeds.
+    fake.inject(Fault::GithubRateLimit { secs: 1 });
+    let rows = text_rows(&c, "SELECT id FROM api.items WHERE status = 'open'").await;
+    assert_eq!(rows.len(), 10);
     // A truncated page is retried, not returned as data.
     fake.clear_requests();
     fake.inject(Fault::Truncated);
@@ -351,4 +367,68 @@ async fn json_and_nested_columns() {
     )
     .await;
     assert_eq!(desc[0][0].as_deref(), Some("Item id"));
+}
+
+#[tokio::test]
+async fn cache_answers_repeats_and_coalesces_concurrent_scans() {
+    let (fake, s) = setup_with(Style::Link, 57, "cache_ttl_s = 60").await;
+    // Eight clients send the same cold query at once: one scan's worth of calls reaches the API.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let c = s.client().await;
+        tasks.push(tokio::spawn(async move {
+            text_rows(&c, "SELECT id FROM api.items").await
+        }));
+    }
+    for t in tasks {
+        let rows = t.await.expect("task");
+        assert_eq!(ids(&rows), (1..=57).collect::<Vec<i64>>());
+    }
+    assert_eq!(fake.request_count(), 6, "{:?}", fake.requests());
+    // A repeat within the TTL makes no call at all, and says so in joinery.api_calls.
+    let c = s.client().await;
+    let rows = text_rows(&c, "SELECT id FROM api.items").await;
+    assert_eq!(rows.len(), 57);
+    assert_eq!(fake.request_count(), 6);
+    let hits = text_rows(&c, "SELECT count(*) FROM joinery.api_calls WHERE cache_hit").await;
+    assert!(
+        hits[0][0]
+            .as_deref()
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0)
+            >= 6,
+        "{hits:?}"
+    );
+}
+
+#[tokio::test]
+async fn circuit_breaker_fails_fast_after_repeated_failures() {
+    let (fake, s) = setup_with(
+        Style::Link,
+        20,
+        "cache_ttl_s = 0\nbreaker_threshold = 1\nbreaker_cooldown_s = 300",
+    )
+    .await;
+    let c = s.client().await;
+    fake.die_after(0);
+    let e = c
+        .simple_query("SELECT id FROM api.items")
+        .await
+        .expect_err("API down");
+    assert_eq!(sqlstate(&e), "HV00N");
+    let before = fake.request_count();
+    let e = c
+        .simple_query("SELECT id FROM api.items")
+        .await
+        .expect_err("breaker open");
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("circuit breaker open"), "{msg}");
+    assert_eq!(
+        fake.request_count(),
+        before,
+        "no request while the breaker is open"
+    );
 }

@@ -96,6 +96,16 @@ pub struct FetchConfig {
     pub retry: RetryPolicy,
     /// Requests in flight at once for this connection.
     pub concurrency: usize,
+    /// How long a page stays cached; zero disables the cache.
+    pub cache_ttl: Duration,
+    /// Bytes of response bodies the cache may hold.
+    pub cache_bytes: u64,
+    /// Requests per second allowed by our own limiter (the API's headers can slow us further).
+    pub rate_per_second: Option<u32>,
+    /// Consecutive failed requests that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker refuses requests before letting one through.
+    pub breaker_cooldown: Duration,
 }
 
 impl FetchConfig {
@@ -117,6 +127,11 @@ impl FetchConfig {
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             concurrency: 8,
+            cache_ttl: Duration::from_secs(60),
+            cache_bytes: 64 * 1024 * 1024,
+            rate_per_second: None,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(30),
         })
     }
 }
@@ -135,6 +150,8 @@ pub struct CallRecord {
     pub latency: Duration,
     pub attempt: u32,
     pub error: Option<String>,
+    /// Served from the cache: no request reached the API.
+    pub cache_hit: bool,
 }
 
 /// Recent calls (bounded) and counters, shared by every connection of the process.
@@ -186,11 +203,40 @@ pub struct HttpCall {
     pub body: Option<Value>,
 }
 
+/// What the cache keeps of a page: enough to decode it and find the next one.
+#[derive(Debug)]
+struct CachedPage {
+    status: u16,
+    link: Option<HeaderValue>,
+    body: Value,
+    bytes: u64,
+}
+
+type Limiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    governor::clock::DefaultClock,
+>;
+
+/// Consecutive failures and, when open, until when.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
 pub struct Fetcher {
     client: reqwest::Client,
     pub config: FetchConfig,
     log: Arc<CallLog>,
     permits: Arc<Semaphore>,
+    cache: Option<moka::future::Cache<String, Arc<CachedPage>>>,
+    /// Identity of the credential, so cache entries never cross credentials.
+    identity: u64,
+    limiter: Option<Limiter>,
+    /// Set from the API's own rate-limit headers: wait until then before the next request.
+    paused_until: Mutex<Option<Instant>>,
+    breaker: Mutex<Breaker>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -306,11 +352,42 @@ impl Fetcher {
                     .with_connection(config.connection.clone())
             })?;
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let cache = (!config.cache_ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(config.cache_bytes)
+                .weigher(|_k: &String, v: &Arc<CachedPage>| {
+                    u32::try_from(v.bytes).unwrap_or(u32::MAX)
+                })
+                .time_to_live(config.cache_ttl)
+                .build()
+        });
+        let identity = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            format!("{:?}", std::mem::discriminant(&config.auth)).hash(&mut h);
+            match &config.auth {
+                Auth::Bearer(t) => t.expose().hash(&mut h),
+                Auth::Basic { user, password } => (user, password.expose()).hash(&mut h),
+                Auth::Header { name, value } => (name, value.expose()).hash(&mut h),
+                Auth::Query { param, value } => (param, value.expose()).hash(&mut h),
+                Auth::None => {}
+            }
+            h.finish()
+        };
+        let limiter = config
+            .rate_per_second
+            .and_then(std::num::NonZeroU32::new)
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
         Ok(Self {
             client,
             config,
             log,
             permits,
+            cache,
+            identity,
+            limiter,
+            paused_until: Mutex::new(None),
+            breaker: Mutex::new(Breaker::default()),
         })
     }
 
@@ -373,8 +450,153 @@ impl Fetcher {
         }
     }
 
-    /// Send with retries; returns the parsed JSON page. Never returns a partial page.
+    /// Send through the cache: identical requests (same credential, method, URL and body)
+    /// within the TTL are answered from memory, and concurrent identical requests share one
+    /// call. Errors are not cached.
     pub async fn send(&self, table: &str, call: &HttpCall) -> Result<Page> {
+        let Some(cache) = &self.cache else {
+            return self.send_guarded(table, call).await;
+        };
+        let key = format!(
+            "{}|{:?}|{}|{}",
+            self.identity,
+            call.method,
+            call.url.as_str(),
+            call.body
+                .as_ref()
+                .map(|b| b.to_string())
+                .unwrap_or_default()
+        );
+        let loaded = std::sync::atomic::AtomicBool::new(false);
+        let cached = cache
+            .try_get_with(key, async {
+                loaded.store(true, Ordering::Relaxed);
+                let page = self.send_guarded(table, call).await?;
+                let bytes = page.body.to_string().len() as u64;
+                Ok::<_, JoineryError>(Arc::new(CachedPage {
+                    status: page.status,
+                    link: page.headers.get("link").cloned(),
+                    body: page.body,
+                    bytes,
+                }))
+            })
+            .await
+            .map_err(|e: Arc<JoineryError>| (*e).clone())?;
+        if !loaded.load(Ordering::Relaxed) {
+            self.log.record(CallRecord {
+                at: SystemTime::now(),
+                connection: self.config.connection.clone(),
+                table: table.to_string(),
+                method: if call.method == Method::Get {
+                    "GET"
+                } else {
+                    "POST"
+                },
+                url: self.redact(&call.url),
+                status: Some(cached.status),
+                bytes: cached.bytes,
+                latency: Duration::ZERO,
+                attempt: 0,
+                error: None,
+                cache_hit: true,
+            });
+        }
+        let mut headers = HeaderMap::new();
+        if let Some(l) = &cached.link {
+            headers.insert("link", l.clone());
+        }
+        Ok(Page {
+            status: cached.status,
+            headers,
+            body: cached.body.clone(),
+            url: call.url.clone(),
+        })
+    }
+
+    /// The circuit breaker around retries: after `breaker_threshold` failed requests in a row
+    /// the connection fails fast until the cooldown passes, then one request tests the API.
+    async fn send_guarded(&self, table: &str, call: &HttpCall) -> Result<Page> {
+        if let Ok(b) = self.breaker.lock()
+            && let Some(until) = b.open_until
+            && Instant::now() < until
+        {
+            let secs = until
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64();
+            return Err(JoineryError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "circuit breaker open after {} consecutive failed requests; next try in {secs:.0}s",
+                    b.failures
+                ),
+            )
+            .with_connection(self.config.connection.clone())
+            .with_table(table.to_string()));
+        }
+        let result = self.send_with_retries(table, call).await;
+        if let Ok(mut b) = self.breaker.lock() {
+            match &result {
+                Ok(_) => *b = Breaker::default(),
+                // The user's own mistakes do not trip the breaker.
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        ErrorKind::InvalidInput | ErrorKind::NotFound | ErrorKind::PermissionDenied
+                    ) => {}
+                Err(_) => {
+                    b.failures += 1;
+                    if b.failures >= self.config.breaker_threshold.max(1) {
+                        b.open_until = Some(Instant::now() + self.config.breaker_cooldown);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// Wait for our own limiter and for any pause the API's headers asked for.
+    async fn wait_for_quota(&self) {
+        if let Some(l) = &self.limiter {
+            l.until_ready().await;
+        }
+        let until = self.paused_until.lock().ok().and_then(|p| *p);
+        if let Some(until) = until {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+        }
+    }
+
+    /// Read `X-RateLimit-Remaining`/`RateLimit-Remaining` and slow down before the API says 429:
+    /// when the remaining quota is below the number of requests we may have in flight, pause
+    /// until the reset.
+    fn observe_rate_headers(&self, headers: &HeaderMap) {
+        let num = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| headers.get(*n)?.to_str().ok()?.trim().parse::<f64>().ok())
+        };
+        let Some(remaining) = num(&["x-ratelimit-remaining", "ratelimit-remaining"]) else {
+            return;
+        };
+        if remaining >= self.config.concurrency as f64 {
+            return;
+        }
+        let Some(reset) = num(&["x-ratelimit-reset", "ratelimit-reset"]) else {
+            return;
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let wait = if reset > 1e9 { reset - now } else { reset };
+        let wait =
+            Duration::from_secs_f64(wait.clamp(0.0, self.config.retry.deadline.as_secs_f64()));
+        if let Ok(mut p) = self.paused_until.lock() {
+            *p = Some(Instant::now() + wait);
+        }
+    }
+
+    /// Send with retries; returns the parsed JSON page. Never returns a partial page.
+    async fn send_with_retries(&self, table: &str, call: &HttpCall) -> Result<Page> {
         let started = Instant::now();
         let policy = &self.config.retry;
         let shown = self.redact(&call.url);
@@ -386,6 +608,8 @@ impl Fetcher {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            // The limiter sits inside the retry loop: every attempt spends quota.
+            self.wait_for_quota().await;
             let permit = self
                 .permits
                 .acquire()
@@ -444,10 +668,12 @@ impl Fetcher {
                             latency,
                             attempt,
                             error: Some(what.clone()),
+                            cache_hit: false,
                         });
                         Err((true, kind, format!("{method} {shown}: {what}"), None))
                     }
                     Ok((status, headers, bytes)) => {
+                        self.observe_rate_headers(&headers);
                         self.log.record(CallRecord {
                             at: SystemTime::now(),
                             connection: self.config.connection.clone(),
@@ -459,6 +685,7 @@ impl Fetcher {
                             latency,
                             attempt,
                             error: None,
+                            cache_hit: false,
                         });
                         let snippet = || -> String {
                             let s = String::from_utf8_lossy(&bytes);

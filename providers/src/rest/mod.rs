@@ -5,6 +5,10 @@
 //! kind = "rest"
 //! base_url = "https://billing.internal/api"
 //! token = "${BILLING_TOKEN}"                 # or username/password, or api_key + api_key_header/param
+//! cache_ttl_s = 60                           # identical requests within a minute are served from memory
+//! rate_limit = 10                            # requests per second (the API's headers can slow us more)
+//! max_attempts = 5                           # retries on 429/5xx/timeouts, with backoff
+//! breaker_threshold = 5                      # failed requests in a row that open the breaker
 //!
 //! [[connections.billing.tables]]
 //! name = "invoices"
@@ -110,6 +114,21 @@ pub fn fetcher_from(
     if let Some(n) = spec.u64_option("max_attempts")? {
         cfg.retry.max_attempts = n.clamp(1, 20) as u32;
     }
+    if let Some(s) = spec.u64_option("cache_ttl_s")? {
+        cfg.cache_ttl = Duration::from_secs(s);
+    }
+    if let Some(mb) = spec.u64_option("cache_mb")? {
+        cfg.cache_bytes = mb.saturating_mul(1024 * 1024);
+    }
+    if let Some(r) = spec.u64_option("rate_limit")? {
+        cfg.rate_per_second = Some(r.clamp(1, 100_000) as u32);
+    }
+    if let Some(n) = spec.u64_option("breaker_threshold")? {
+        cfg.breaker_threshold = n.clamp(1, 1000) as u32;
+    }
+    if let Some(s) = spec.u64_option("breaker_cooldown_s")? {
+        cfg.breaker_cooldown = Duration::from_secs(s);
+    }
     Ok(Arc::new(Fetcher::new(cfg, ctx.calls.clone())?))
 }
 
@@ -125,6 +144,11 @@ pub const HTTP_KEYS: &[&str] = &[
     "concurrency",
     "timeout_ms",
     "max_attempts",
+    "cache_ttl_s",
+    "cache_mb",
+    "rate_limit",
+    "breaker_threshold",
+    "breaker_cooldown_s",
 ];
 
 impl ConnectorFactory for RestFactory {
@@ -150,6 +174,11 @@ impl ConnectorFactory for RestFactory {
             "concurrency",
             "timeout_ms",
             "max_attempts",
+            "cache_ttl_s",
+            "cache_mb",
+            "rate_limit",
+            "breaker_threshold",
+            "breaker_cooldown_s",
         ]
     }
 
