@@ -78,10 +78,13 @@ impl TestServer {
 
 /// Simple-query rows as text (NULL as `None`), the way psql sees them.
 pub async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    let msgs = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let msgs = client.simple_query(sql).await.unwrap_or_else(|e| {
+        let detail = e
+            .as_db_error()
+            .map(|d| format!("{} ({})", d.message(), d.code().code()))
+            .unwrap_or_else(|| e.to_string());
+        panic!("{sql}: {detail}")
+    });
     msgs.into_iter()
         .filter_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => {

@@ -432,3 +432,56 @@ async fn circuit_breaker_fails_fast_after_repeated_failures() {
         "no request while the breaker is open"
     );
 }
+
+#[tokio::test]
+async fn graphql_relay_with_filters_in_the_body() {
+    let fake = FakeApi::start(Style::Link, records(37), 10, 10)
+        .await
+        .expect("fake");
+    let cfg = format!(
+        r#"
+[connections.gql]
+kind = "rest"
+base_url = "{base}"
+cache_ttl_s = 0
+
+[[connections.gql.tables]]
+name = "items"
+method = "POST"
+path = "/graphql"
+body = {{ query = "query($first: Int, $after: String, $status: [String]) {{ items(first: $first, after: $after, status: $status) {{ nodes {{ id status }} pageInfo {{ hasNextPage endCursor }} }} }}", variables = {{}} }}
+records = "data.items.nodes"
+pagination = {{ type = "relay", page_info = "data.items.pageInfo", cursor = "/variables/after" }}
+page_size = {{ body = "/variables/first", max = 10 }}
+columns = [ {{ name = "id", type = "bigint" }}, {{ name = "status", type = "text" }} ]
+filters = [ {{ column = "status", ops = ["eq", "in"], body = "/variables/status", exact = true }} ]
+"#,
+        base = fake.base_url()
+    );
+    let s = TestServer::with_config(&cfg).await;
+    let c = s.client().await;
+    let rows = text_rows(&c, "SELECT id FROM gql.items").await;
+    assert_eq!(ids(&rows), (1..=37).collect::<Vec<i64>>());
+    assert_eq!(fake.request_count(), 4, "{:?}", fake.requests());
+    assert!(
+        fake.requests()[1].contains(r#""after":"c10""#),
+        "{:?}",
+        fake.requests()
+    );
+    fake.clear_requests();
+    let rows = text_rows(
+        &c,
+        "SELECT id, status FROM gql.items WHERE status IN ('open', 'pending')",
+    )
+    .await;
+    assert!(
+        rows.iter()
+            .all(|r| matches!(r[1].as_deref(), Some("open") | Some("pending")))
+    );
+    assert_eq!(rows.len(), 25);
+    assert!(
+        fake.requests()[0].contains(r#""status":["open","pending"]"#),
+        "{:?}",
+        fake.requests()
+    );
+}

@@ -253,6 +253,23 @@ fn value_text(v: Option<&Value>) -> Option<String> {
 }
 
 impl Walker {
+    /// The first request again with `value` in the body at `pointer`.
+    fn with_body(&self, pointer: &str, value: Value) -> Result<HttpCall> {
+        let mut body = self
+            .template
+            .body
+            .clone()
+            .unwrap_or(Value::Object(Default::default()));
+        super::plan::set_pointer(&mut body, pointer, value);
+        Ok(HttpCall {
+            method: self.template.method,
+            url: self
+                .fetcher
+                .url(&self.template.path, &self.template.query)?,
+            body: Some(body),
+        })
+    }
+
     fn with_param(&self, param: &str, value: String) -> Result<HttpCall> {
         let mut q: Vec<(String, String)> = self
             .template
@@ -293,8 +310,17 @@ impl Walker {
                     }
                 }
             }
+            Pagination::Relay { page_info, cursor } => {
+                let info = lookup(&page.body, page_info);
+                let more = truthy(info.and_then(|i| lookup(i, "hasNextPage"))) == Some(true);
+                match (more, value_text(info.and_then(|i| lookup(i, "endCursor")))) {
+                    (true, Some(c)) => Some(self.with_body(cursor, Value::String(c))?),
+                    _ => None,
+                }
+            }
             Pagination::Cursor {
                 param,
+                body,
                 response,
                 last_record,
                 has_more,
@@ -308,9 +334,13 @@ impl Walker {
                     (None, Some(f)) => recs.last().and_then(|rec| value_text(lookup(rec, f))),
                     (None, None) => None,
                 };
-                match (ended, cursor) {
-                    (true, _) | (false, None) => None,
-                    (false, Some(c)) => Some(self.with_param(param, c)?),
+                match (ended, cursor, param, body) {
+                    (true, ..) | (false, None, ..) => None,
+                    (false, Some(c), Some(p), _) => Some(self.with_param(p, c)?),
+                    (false, Some(c), None, Some(pointer)) => {
+                        Some(self.with_body(pointer, Value::String(c))?)
+                    }
+                    (false, Some(_), None, None) => None,
                 }
             }
             Pagination::Offset {
@@ -346,8 +376,7 @@ impl Walker {
             }
         };
         if let Some(call) = &next {
-            let key = call.url.as_str().to_string();
-            if !self.seen.insert(key) {
+            if !self.seen.insert(call_key(call)) {
                 return Err(JoineryError::new(
                     ErrorKind::BadResponse,
                     format!("the API returned the same next page twice ({}); stopping instead of looping", self.fetcher.redact(&call.url)),
@@ -365,6 +394,14 @@ impl Walker {
             }
         }
         Ok(next)
+    }
+}
+
+/// What makes two page requests the same: URL and body.
+fn call_key(call: &HttpCall) -> String {
+    match &call.body {
+        Some(b) => format!("{} {b}", call.url),
+        None => call.url.to_string(),
     }
 }
 
@@ -419,7 +456,7 @@ fn page_batches(
                 Some(Err(e)) => return Some((Err(e), (w, None))),
                 Some(Ok(c)) => c,
             };
-            w.seen.insert(call.url.as_str().to_string());
+            w.seen.insert(call_key(&call));
             let page = match w.fetcher.send(&w.table, &call).await {
                 Ok(p) => p,
                 // A failed page fails the scan: no partial results.

@@ -95,6 +95,7 @@ impl FakeApi {
         }));
         let app = Router::new()
             .route("/items", axum::routing::get(handle))
+            .route("/graphql", axum::routing::post(graphql))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -391,4 +392,62 @@ async fn handle(
             (StatusCode::OK, text[..cut].to_string()).into_response()
         }
     }
+}
+
+/// A GraphQL-style endpoint: `variables.first`, `variables.after` (a cursor) and
+/// `variables.status` (a string or a list) over the same records, answered as a Relay
+/// connection `{data: {items: {nodes, pageInfo: {hasNextPage, endCursor}}}}`.
+async fn graphql(State(state): State<Arc<Mutex<FakeState>>>, body: axum::Json<Value>) -> Response {
+    let Ok(mut s) = state.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    s.requests.push(format!("POST /graphql {}", body.0));
+    if let Some(Fault::Status { code, .. }) = s.faults.pop_front() {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (
+            status,
+            axum::Json(json!({"errors": [{"message": "injected"}]})),
+        )
+            .into_response();
+    }
+    let vars = body.0.get("variables").cloned().unwrap_or(Value::Null);
+    let wanted: Vec<String> = match vars.get("status") {
+        Some(Value::String(x)) => vec![x.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => vec![],
+    };
+    let all: Vec<&Value> = s
+        .records
+        .iter()
+        .filter(|r| {
+            wanted.is_empty()
+                || wanted
+                    .iter()
+                    .any(|w| r.get("status").and_then(Value::as_str) == Some(w))
+        })
+        .collect();
+    let first = vars
+        .get("first")
+        .and_then(Value::as_u64)
+        .map(|n| n as usize)
+        .unwrap_or(s.default_page)
+        .clamp(1, s.max_page);
+    let start = vars
+        .get("after")
+        .and_then(Value::as_str)
+        .and_then(|c| c.strip_prefix("c"))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let nodes: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(first)
+        .map(|v| (*v).clone())
+        .collect();
+    let end = start + nodes.len();
+    let body = json!({"data": {"items": {"nodes": nodes, "pageInfo": {"hasNextPage": end < all.len(), "endCursor": format!("c{end}")}}}});
+    (StatusCode::OK, axum::Json(body)).into_response()
 }

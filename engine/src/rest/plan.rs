@@ -368,6 +368,39 @@ pub struct ScanPlan {
     pub limit: Option<usize>,
 }
 
+/// A filter value as JSON: numbers and booleans typed, the rest strings.
+fn json_value(s: &str) -> Value {
+    match serde_json::from_str::<Value>(s) {
+        Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
+        _ => Value::String(s.to_string()),
+    }
+}
+
+/// Write `v` at the JSON pointer `pointer` of `doc`, creating objects on the way.
+pub fn set_pointer(doc: &mut Value, pointer: &str, v: Value) {
+    let mut cur = doc;
+    let parts: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let Value::Object(map) = cur else { return };
+        if last {
+            map.insert(part.clone(), v);
+            return;
+        }
+        cur = map
+            .entry(part.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+    *cur = v;
+}
+
 fn encode_path_segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
@@ -447,6 +480,7 @@ pub fn plan_scan(
         .collect();
     let mut fanouts: Vec<(String, Vec<String>)> = Vec::new();
     let mut pushed = Vec::new();
+    let mut body_sets: Vec<(String, Value)> = Vec::new();
     for b in &bindings {
         let rule: &FilterRule = &spec.filters[b.rule];
         let render = |v: &str| match &rule.template {
@@ -459,6 +493,16 @@ pub fn plan_scan(
             b.op.sql(),
             rule.target()
         ));
+        if let Some(pointer) = &rule.body {
+            let json_values: Vec<Value> = b.values.iter().map(|v| json_value(&render(v))).collect();
+            let v = match (b.op, json_values.len()) {
+                (FilterOp::IsNull, _) => Value::Null,
+                (FilterOp::In, n) if n != 1 => Value::Array(json_values),
+                _ => json_values.into_iter().next().unwrap_or(Value::Null),
+            };
+            body_sets.push((pointer.clone(), v));
+            continue;
+        }
         let Some(param) = &rule.param else { continue };
         let values: Vec<String> = match b.op {
             FilterOp::IsNull => vec![render("null")],
@@ -482,9 +526,20 @@ pub fn plan_scan(
         _ => p.max,
     });
     if let (Some(ps), Some(p)) = (page_size, &spec.page_size) {
-        base.retain(|(k, _)| k != &p.param);
-        base.push((p.param.clone(), ps.to_string()));
+        if let Some(param) = &p.param {
+            base.retain(|(k, _)| k != param);
+            base.push((param.clone(), ps.to_string()));
+        }
+        if let Some(pointer) = &p.body {
+            body_sets.push((pointer.clone(), Value::from(ps)));
+        }
     }
+    let body = spec.body.clone().map(|mut b| {
+        for (pointer, v) in &body_sets {
+            set_pointer(&mut b, pointer, v.clone());
+        }
+        b
+    });
 
     // Cartesian product of path values and fan-out parameters.
     // (path placeholder values, fan-out query parameters) of each request.
@@ -535,7 +590,7 @@ pub fn plan_scan(
                 method: spec.method,
                 path,
                 query,
-                body: spec.body.clone(),
+                body: body.clone(),
             }
         })
         .collect();

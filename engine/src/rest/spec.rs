@@ -186,6 +186,10 @@ pub struct FilterRule {
     /// Path placeholder the value goes to (`{repo}`).
     #[serde(default)]
     pub path: Option<String>,
+    /// JSON pointer into the request body the value is written to (POST search APIs,
+    /// GraphQL variables): `/variables/status`.
+    #[serde(default)]
+    pub body: Option<String>,
     /// A template for the parameter's value; `{value}` is replaced (e.g. `">={value}"`).
     #[serde(default)]
     pub template: Option<String>,
@@ -224,19 +228,23 @@ impl FilterRule {
 
     /// Where the value goes, for messages and EXPLAIN.
     pub fn target(&self) -> String {
-        match (&self.param, &self.path) {
-            (Some(p), _) => p.clone(),
-            (None, Some(p)) => format!("{{{p}}}"),
+        match (&self.param, &self.path, &self.body) {
+            (Some(p), _, _) => p.clone(),
+            (None, Some(p), _) => format!("{{{p}}}"),
+            (None, None, Some(b)) => format!("body{b}"),
             _ => "?".into(),
         }
     }
 }
 
-/// The page-size parameter.
+/// The page-size parameter: a query parameter, or a JSON pointer into the body.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PageSize {
-    pub param: String,
+    #[serde(default)]
+    pub param: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
     pub max: u64,
 }
 
@@ -260,7 +268,12 @@ pub enum Pagination {
     /// (`last_record`, Stripe's `starting_after`). Ends when `has_more` is false, `is_last` is
     /// true, or the cursor is empty/absent. Short pages are not the end.
     Cursor {
-        param: String,
+        /// Query parameter the cursor goes to...
+        #[serde(default)]
+        param: Option<String>,
+        /// ...or JSON pointer into the body (POST search APIs).
+        #[serde(default)]
+        body: Option<String>,
         #[serde(default)]
         response: Option<String>,
         #[serde(default)]
@@ -279,6 +292,10 @@ pub enum Pagination {
         #[serde(default)]
         total: Option<String>,
     },
+    /// GraphQL Relay connections: `page_info` is the dotted path of `pageInfo`; its
+    /// `endCursor` is written at the JSON pointer `cursor` of the body (`/variables/after`)
+    /// while `hasNextPage` is true.
+    Relay { page_info: String, cursor: String },
     /// Page numbers from `start`; ends on an empty page.
     Page {
         param: String,
@@ -319,9 +336,16 @@ impl TableSpec {
             if r.operators().is_empty() {
                 return err(format!("filter on '{}' names no operator", r.column));
             }
-            if r.param.is_none() && r.path.is_none() {
+            let targets = [r.param.is_some(), r.path.is_some(), r.body.is_some()];
+            if targets.iter().filter(|t| **t).count() != 1 {
                 return err(format!(
-                    "filter on '{}' has neither param nor path",
+                    "filter on '{}' needs exactly one of param, path or body",
+                    r.column
+                ));
+            }
+            if r.body.is_some() && self.body.is_none() {
+                return err(format!(
+                    "filter on '{}' writes into a body, but the table has none",
                     r.column
                 ));
             }
