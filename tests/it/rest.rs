@@ -485,3 +485,53 @@ filters = [ {{ column = "status", ops = ["eq", "in"], body = "/variables/status"
         fake.requests()
     );
 }
+
+#[tokio::test]
+async fn oauth_refresh_on_start_and_after_401() {
+    let fake = FakeApi::start(Style::Link, records(25), 10, 10)
+        .await
+        .expect("fake");
+    fake.require_oauth();
+    let cfg = format!(
+        r#"
+[connections.crm]
+kind = "rest"
+base_url = "{base}"
+oauth_token_url = "/oauth/token"
+client_id = "joinery"
+client_secret = "s3cr3t-client"
+refresh_token = "refresh-0"
+cache_ttl_s = 0
+
+[[connections.crm.tables]]
+name = "items"
+path = "/items"
+pagination = {{ type = "link_header" }}
+page_size = {{ param = "per_page", max = 10 }}
+columns = [ {{ name = "id", type = "bigint" }} ]
+"#,
+        base = fake.base_url()
+    );
+    let s = TestServer::with_config(&cfg).await;
+    let c = s.client().await;
+    let rows = text_rows(&c, "SELECT id FROM crm.items").await;
+    assert_eq!(ids(&rows), (1..=25).collect::<Vec<i64>>());
+    assert_eq!(fake.token_grants(), (1, Some("refresh_token".to_string())));
+    // The API revokes the token: the next request gets 401, Joinery refreshes (with the
+    // rotated refresh token) and carries on without a wrong or partial result.
+    fake.inject(Fault::ExpireToken);
+    let rows = text_rows(&c, "SELECT id FROM crm.items").await;
+    assert_eq!(ids(&rows), (1..=25).collect::<Vec<i64>>());
+    assert_eq!(fake.token_grants().0, 2);
+    // Secrets never reach joinery.api_calls.
+    let urls = text_rows(
+        &c,
+        "SELECT url FROM joinery.api_calls WHERE connection = 'crm'",
+    )
+    .await;
+    assert!(
+        urls.iter()
+            .all(|r| !r[0].as_deref().unwrap_or_default().contains("s3cr3t")),
+        "{urls:?}"
+    );
+}

@@ -50,6 +50,8 @@ pub enum Fault {
     Delay(Duration),
     Malformed,
     Truncated,
+    /// The current OAuth access token stops working (the next request gets 401).
+    ExpireToken,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +65,11 @@ struct FakeState {
     /// Fault applied to every request from this request number on (a dying server).
     die_after: Option<usize>,
     addr: Option<SocketAddr>,
+    /// With OAuth on, requests must carry `Bearer <this>`.
+    oauth_token: Option<String>,
+    oauth_on: bool,
+    token_grants: usize,
+    last_grant_type: Option<String>,
 }
 
 /// A running fake; dropping it stops the server.
@@ -96,6 +103,7 @@ impl FakeApi {
         let app = Router::new()
             .route("/items", axum::routing::get(handle))
             .route("/graphql", axum::routing::post(graphql))
+            .route("/oauth/token", axum::routing::post(token))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -134,6 +142,21 @@ impl FakeApi {
         if let Ok(mut s) = self.state.lock() {
             s.faults.push_back(f);
         }
+    }
+
+    /// Require OAuth bearer tokens issued by `/oauth/token`.
+    pub fn require_oauth(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.oauth_on = true;
+        }
+    }
+
+    /// Tokens issued so far, and the grant type of the last one.
+    pub fn token_grants(&self) -> (usize, Option<String>) {
+        self.state
+            .lock()
+            .map(|s| (s.token_grants, s.last_grant_type.clone()))
+            .unwrap_or((0, None))
     }
 
     /// From the `n`-th request on (counting from now), every request fails with 500.
@@ -187,10 +210,51 @@ fn matches(rec: &Value, q: &[(String, String)]) -> bool {
     true
 }
 
+/// The OAuth token endpoint: form-encoded `grant_type` of `refresh_token` (with a
+/// `refresh_token`) or `client_credentials`; answers a fresh token, a rotated refresh token
+/// and an `instance_url`.
+async fn token(State(state): State<Arc<Mutex<FakeState>>>, body: String) -> Response {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Ok(mut s) = state.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let grant = get("grant_type").unwrap_or_default();
+    let ok = get("client_id").is_some()
+        && match grant.as_str() {
+            "refresh_token" => get("refresh_token").is_some_and(|r| r.starts_with("refresh-")),
+            "client_credentials" => get("client_secret").is_some(),
+            _ => false,
+        };
+    if !ok {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response();
+    }
+    s.token_grants += 1;
+    s.last_grant_type = Some(grant);
+    let token = format!("tok-{}", s.token_grants);
+    s.oauth_token = Some(token.clone());
+    let instance = s.addr.map(|a| format!("http://{a}")).unwrap_or_default();
+    let body = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "refresh_token": format!("refresh-{}", s.token_grants),
+        "instance_url": instance
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
 async fn handle(
     State(state): State<Arc<Mutex<FakeState>>>,
     Query(q): Query<Vec<(String, String)>>,
     uri: axum::http::Uri,
+    req_headers: HeaderMap,
 ) -> Response {
     let (fault, page, headers, body) = {
         let Ok(mut s) = state.lock() else {
@@ -201,6 +265,24 @@ async fn handle(
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_default(),
         );
+        if s.oauth_on {
+            if matches!(s.faults.front(), Some(Fault::ExpireToken)) {
+                s.faults.pop_front();
+                s.oauth_token = None;
+            }
+            let sent = req_headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_string);
+            if sent.is_none() || sent != s.oauth_token {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(json!({"message": "invalid token"})),
+                )
+                    .into_response();
+            }
+        }
         let dying = s.die_after.is_some_and(|n| s.requests.len() > n);
         let fault = if dying {
             Some(Fault::Status {
@@ -382,6 +464,7 @@ async fn handle(
                 .into_response()
         }
         Some(Fault::Malformed) => (StatusCode::OK, "{\"data\": [nope").into_response(),
+        Some(Fault::ExpireToken) => (StatusCode::OK, headers, axum::Json(body)).into_response(),
         Some(Fault::Truncated) => {
             let text = body.to_string();
             let cut = text.len() / 2;

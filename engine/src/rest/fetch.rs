@@ -54,6 +54,15 @@ pub enum Auth {
         param: String,
         value: Secret,
     },
+    /// OAuth 2: the refresh-token grant when `refresh_token` is set, client credentials
+    /// otherwise. Tokens are refreshed before they expire and when the API answers 401.
+    OAuth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: Secret,
+        refresh_token: Option<Secret>,
+        scope: Option<String>,
+    },
 }
 
 impl Auth {
@@ -203,6 +212,15 @@ pub struct HttpCall {
     pub body: Option<Value>,
 }
 
+/// A current OAuth access token.
+#[derive(Debug, Clone)]
+struct AccessToken {
+    token: Secret,
+    expires_at: Instant,
+    /// Salesforce-style token responses name the instance the API lives on.
+    instance_url: Option<Url>,
+}
+
 /// What the cache keeps of a page: enough to decode it and find the next one.
 #[derive(Debug)]
 struct CachedPage {
@@ -237,6 +255,10 @@ pub struct Fetcher {
     /// Set from the API's own rate-limit headers: wait until then before the next request.
     paused_until: Mutex<Option<Instant>>,
     breaker: Mutex<Breaker>,
+    /// OAuth state; the async mutex makes concurrent requests share one refresh.
+    oauth: tokio::sync::Mutex<Option<AccessToken>>,
+    /// A rotated refresh token, when the provider issues a new one.
+    refresh_token: Mutex<Option<Secret>>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -339,7 +361,7 @@ impl Fetcher {
                 v.set_sensitive(true);
                 headers.insert(reqwest::header::AUTHORIZATION, v);
             }
-            Auth::None | Auth::Query { .. } => {}
+            Auth::None | Auth::Query { .. } | Auth::OAuth2 { .. } => {}
         }
         let client = reqwest::Client::builder()
             .default_headers(headers)
@@ -370,6 +392,11 @@ impl Fetcher {
                 Auth::Basic { user, password } => (user, password.expose()).hash(&mut h),
                 Auth::Header { name, value } => (name, value.expose()).hash(&mut h),
                 Auth::Query { param, value } => (param, value.expose()).hash(&mut h),
+                Auth::OAuth2 {
+                    client_id,
+                    token_url,
+                    ..
+                } => (client_id, token_url).hash(&mut h),
                 Auth::None => {}
             }
             h.finish()
@@ -388,6 +415,8 @@ impl Fetcher {
             limiter,
             paused_until: Mutex::new(None),
             breaker: Mutex::new(Breaker::default()),
+            oauth: tokio::sync::Mutex::new(None),
+            refresh_token: Mutex::new(None),
         })
     }
 
@@ -554,6 +583,138 @@ impl Fetcher {
         result
     }
 
+    /// A valid OAuth access token (refreshing it if needed), or `None` without OAuth.
+    async fn oauth_token(&self, table: &str) -> Result<Option<AccessToken>> {
+        let Auth::OAuth2 {
+            token_url,
+            client_id,
+            client_secret,
+            refresh_token,
+            scope,
+        } = &self.config.auth
+        else {
+            return Ok(None);
+        };
+        let mut state = self.oauth.lock().await;
+        if let Some(t) = state.as_ref()
+            && t.expires_at > Instant::now() + Duration::from_secs(30)
+        {
+            return Ok(Some(t.clone()));
+        }
+        let fail = |kind, msg: String| {
+            JoineryError::new(kind, msg)
+                .with_connection(self.config.connection.clone())
+                .with_table(table.to_string())
+        };
+        let rotated = self.refresh_token.lock().ok().and_then(|r| r.clone());
+        let refresh = rotated.as_ref().or(refresh_token.as_ref());
+        let form_body = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            match refresh {
+                Some(r) => {
+                    form.append_pair("grant_type", "refresh_token");
+                    form.append_pair("refresh_token", r.expose());
+                }
+                None => {
+                    form.append_pair("grant_type", "client_credentials");
+                }
+            }
+            form.append_pair("client_id", client_id);
+            form.append_pair("client_secret", client_secret.expose());
+            if let Some(s) = scope {
+                form.append_pair("scope", s);
+            }
+            form.finish()
+        };
+        let url = self.url(token_url, &[])?;
+        let t0 = Instant::now();
+        let resp = self
+            .client
+            .post(url.clone())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(form_body)
+            .send()
+            .await
+            .map_err(|_| {
+                fail(
+                    ErrorKind::Unavailable,
+                    format!("POST {}: token endpoint unreachable", url.path()),
+                )
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        self.log.record(CallRecord {
+            at: SystemTime::now(),
+            connection: self.config.connection.clone(),
+            table: table.to_string(),
+            method: "POST",
+            url: url.path().to_string(),
+            status: Some(status),
+            bytes: bytes.len() as u64,
+            latency: t0.elapsed(),
+            attempt: 1,
+            error: None,
+            cache_hit: false,
+        });
+        if !(200..300).contains(&status) {
+            // The body may echo what we sent; say only what the client needs.
+            return Err(fail(
+                ErrorKind::Unauthenticated,
+                format!("token refresh at {} failed with HTTP {status}", url.path()),
+            ));
+        }
+        let body: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            fail(
+                ErrorKind::BadResponse,
+                "token endpoint sent invalid JSON".into(),
+            )
+        })?;
+        let token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                fail(
+                    ErrorKind::BadResponse,
+                    "token response has no access_token".into(),
+                )
+            })?;
+        let ttl = body
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(3600);
+        if let Some(r) = body.get("refresh_token").and_then(Value::as_str)
+            && let Ok(mut slot) = self.refresh_token.lock()
+        {
+            *slot = Some(Secret::new(r));
+        }
+        let instance_url = body
+            .get("instance_url")
+            .and_then(Value::as_str)
+            .and_then(|u| Url::parse(u).ok());
+        let t = AccessToken {
+            token: Secret::new(token),
+            expires_at: Instant::now() + Duration::from_secs(ttl),
+            instance_url,
+        };
+        *state = Some(t.clone());
+        Ok(Some(t))
+    }
+
+    /// Requests go to the instance the token response named, keeping path and query.
+    fn on_instance(&self, url: &Url, token: &AccessToken) -> Url {
+        let Some(inst) = &token.instance_url else {
+            return url.clone();
+        };
+        let mut u = url.clone();
+        let _ = u.set_scheme(inst.scheme());
+        let _ = u.set_host(inst.host_str());
+        let _ = u.set_port(inst.port());
+        u
+    }
+
     /// Wait for our own limiter and for any pause the API's headers asked for.
     async fn wait_for_quota(&self) {
         if let Some(l) = &self.limiter {
@@ -616,10 +777,18 @@ impl Fetcher {
                 .await
                 .map_err(|_| err(ErrorKind::Internal, "connection closed".into()))?;
             let t0 = Instant::now();
-            let mut rb = match call.method {
-                Method::Get => self.client.get(call.url.clone()),
-                Method::Post => self.client.post(call.url.clone()),
+            let (url, bearer) = match self.oauth_token(table).await {
+                Ok(Some(t)) => (self.on_instance(&call.url, &t), Some(t.token)),
+                Ok(None) => (call.url.clone(), None),
+                Err(e) => return Err(e),
             };
+            let mut rb = match call.method {
+                Method::Get => self.client.get(url),
+                Method::Post => self.client.post(url),
+            };
+            if let Some(t) = &bearer {
+                rb = rb.bearer_auth(t.expose());
+            }
             if let Some(b) = &call.body {
                 rb = rb.json(b);
             }
@@ -723,6 +892,16 @@ impl Fetcher {
                                     ErrorKind::RateLimited,
                                     format!("{method} {shown}: 403 rate limit exceeded"),
                                     retry_after(&headers).or_else(|| rate_limit_reset(&headers)),
+                                ))
+                            }
+                            // An expired token: refresh it and try again (once per call).
+                            401 if bearer.is_some() && attempt == 1 => {
+                                *self.oauth.lock().await = None;
+                                Err((
+                                    true,
+                                    ErrorKind::Unauthenticated,
+                                    format!("{method} {shown}: 401 Unauthorized"),
+                                    Some(Duration::ZERO),
                                 ))
                             }
                             401 => Err((

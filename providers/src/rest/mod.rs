@@ -54,6 +54,18 @@ fn string_map(spec: &ConnectionSpec, key: &str) -> Result<BTreeMap<String, Strin
 
 /// The auth options shared by every HTTP connector.
 pub fn auth_from(spec: &ConnectionSpec) -> Result<Auth> {
+    if let Some(token_url) = spec.str_option("oauth_token_url")? {
+        let client_id = spec.str_option("client_id")?.ok_or_else(|| {
+            JoineryError::config(format!("connection '{}': OAuth needs client_id", spec.name))
+        })?;
+        return Ok(Auth::OAuth2 {
+            token_url: token_url.to_string(),
+            client_id: client_id.to_string(),
+            client_secret: Secret::new(spec.str_option("client_secret")?.unwrap_or_default()),
+            refresh_token: spec.str_option("refresh_token")?.map(Secret::new),
+            scope: spec.str_option("scope")?.map(str::to_string),
+        });
+    }
     let token = spec.str_option("token")?;
     let user = spec.str_option("username")?;
     let password = spec.str_option("password")?;
@@ -134,6 +146,11 @@ pub fn fetcher_from(
 
 /// Keys every HTTP connector accepts.
 pub const HTTP_KEYS: &[&str] = &[
+    "oauth_token_url",
+    "client_id",
+    "client_secret",
+    "refresh_token",
+    "scope",
     "token",
     "username",
     "password",
@@ -164,6 +181,11 @@ impl ConnectorFactory for RestFactory {
         &[
             "tables",
             "vars",
+            "oauth_token_url",
+            "client_id",
+            "client_secret",
+            "refresh_token",
+            "scope",
             "token",
             "username",
             "password",
