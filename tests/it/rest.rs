@@ -57,6 +57,7 @@ columns = [
   {{ name = "owner", type = "text", path = "owner.login" }},
   {{ name = "raw", type = "json", path = "$" }},
 ]
+sort = [ {{ column = "updated_at", param = "sort", value = "updated_at", direction_param = "direction", exact = true }} ]
 filters = [
   {{ column = "status", ops = ["eq", "in"], param = "status", exact = true }},
   {{ column = "updated_at", ops = ["gte", "gt"], param = "since", format = "iso8601" }},
@@ -533,5 +534,54 @@ columns = [ {{ name = "id", type = "bigint" }} ]
         urls.iter()
             .all(|r| !r[0].as_deref().unwrap_or_default().contains("s3cr3t")),
         "{urls:?}"
+    );
+}
+
+#[tokio::test]
+async fn order_by_limit_is_answered_by_the_api() {
+    let (fake, s) = setup(Style::Link, 57).await;
+    let c = s.client().await;
+    let all = text_rows(&c, "SELECT id, updated_at FROM api.items").await;
+    let mut sorted: Vec<(String, i64)> = all
+        .iter()
+        .map(|r| {
+            (
+                r[1].clone().unwrap_or_default(),
+                r[0].as_deref().and_then(|x| x.parse().ok()).unwrap_or(0),
+            )
+        })
+        .collect();
+    sorted.sort();
+    sorted.reverse();
+    fake.clear_requests();
+    let sql = "SELECT id, updated_at FROM api.items ORDER BY updated_at DESC LIMIT 3";
+    let top = text_rows(&c, sql).await;
+    let got: Vec<String> = top
+        .iter()
+        .map(|r| r[1].clone().unwrap_or_default())
+        .collect();
+    let want: Vec<String> = sorted.iter().take(3).map(|(t, _)| t.clone()).collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        fake.request_count(),
+        1,
+        "one page answers a top-3: {:?}",
+        fake.requests()
+    );
+    assert!(
+        fake.requests()[0].contains("direction=desc")
+            && fake.requests()[0].contains("sort=updated_at"),
+        "{:?}",
+        fake.requests()
+    );
+    let plan = text_rows(&c, &format!("EXPLAIN {sql}")).await;
+    let text: String = plan
+        .iter()
+        .filter_map(|r| r.get(1).cloned().flatten())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !text.contains("SortExec"),
+        "the API's order is used: {text}"
     );
 }

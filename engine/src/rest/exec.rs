@@ -10,7 +10,9 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::SortOrderPushdownResult;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -23,7 +25,7 @@ use url::Url;
 use super::decode::{decode, lookup, records};
 use super::fetch::{Fetcher, HttpCall, Page};
 use super::plan::{RequestTemplate, ScanPlan};
-use super::spec::{ColumnSpec, Pagination, TableSpec};
+use super::spec::{ColumnSpec, Pagination, SortDirection, TableSpec};
 use crate::error::{ErrorKind, JoineryError, Result};
 
 /// Most pages one request may walk; a guard against APIs that never say "done".
@@ -118,6 +120,109 @@ impl ExecutionPlan for RestScanExec {
         &self.properties
     }
 
+    /// `ORDER BY` a column the API can sort by: add the sort parameters and declare the
+    /// ordering, so DataFusion drops its sort and a top-N stops after the first page(s).
+    /// Only for a single request chain (fanned-out requests interleave).
+    fn try_pushdown_sort(
+        &self,
+        order: &[PhysicalSortExpr],
+    ) -> DfResult<SortOrderPushdownResult<Arc<dyn ExecutionPlan>>> {
+        let [first] = order else {
+            return Ok(SortOrderPushdownResult::Unsupported);
+        };
+        if self.plan.requests.len() != 1 {
+            return Ok(SortOrderPushdownResult::Unsupported);
+        }
+        let Some(col) = first.expr.downcast_ref::<Column>() else {
+            return Ok(SortOrderPushdownResult::Unsupported);
+        };
+        let name = self.schema.field(col.index()).name();
+        let desc = first.options.descending;
+        // SQL puts NULLs last ascending and first descending; anything else stays local.
+        if first.options.nulls_first != desc {
+            return Ok(SortOrderPushdownResult::Unsupported);
+        }
+        let Some(rule) = self.spec.sort.iter().find(|r| &r.column == name) else {
+            return Ok(SortOrderPushdownResult::Unsupported);
+        };
+        let mut params = vec![(rule.param.clone(), rule.value.clone())];
+        match &rule.direction_param {
+            Some(p) => params.push((
+                p.clone(),
+                if desc {
+                    rule.desc.clone()
+                } else {
+                    rule.asc.clone()
+                },
+            )),
+            None => {
+                if (rule.natural == SortDirection::Desc) != desc {
+                    return Ok(SortOrderPushdownResult::Unsupported);
+                }
+            }
+        }
+        let mut plan = self.plan.clone();
+        for r in &mut plan.requests {
+            r.query.retain(|(k, _)| !params.iter().any(|(p, _)| p == k));
+            r.query.extend(params.iter().cloned());
+            r.query.sort();
+        }
+        plan.pushed.push(format!(
+            "ORDER BY {name}{} -> {}",
+            if desc { " DESC" } else { "" },
+            rule.param
+        ));
+        let mut exec = RestScanExec::new(
+            self.table.clone(),
+            self.spec.clone(),
+            self.fetcher.clone(),
+            plan,
+            self.projection.clone(),
+            self.schema.clone(),
+        );
+        if rule.exact {
+            exec.properties = Arc::new(PlanProperties::new(
+                EquivalenceProperties::new_with_orderings(
+                    self.schema.clone(),
+                    [vec![first.clone()]],
+                ),
+                Partitioning::UnknownPartitioning(1),
+                EmissionType::Incremental,
+                Boundedness::Bounded,
+            ));
+            Ok(SortOrderPushdownResult::Exact {
+                inner: Arc::new(exec),
+            })
+        } else {
+            Ok(SortOrderPushdownResult::Inexact {
+                inner: Arc::new(exec),
+            })
+        }
+    }
+
+    /// A LIMIT above an exactly ordered scan: stop paging after `limit` rows.
+    fn with_fetch(&self, limit: Option<usize>) -> Option<Arc<dyn ExecutionPlan>> {
+        let mut plan = self.plan.clone();
+        plan.limit = match (plan.limit, limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut exec = RestScanExec::new(
+            self.table.clone(),
+            self.spec.clone(),
+            self.fetcher.clone(),
+            plan,
+            self.projection.clone(),
+            self.schema.clone(),
+        );
+        exec.properties = self.properties.clone();
+        Some(Arc::new(exec))
+    }
+
+    fn fetch(&self) -> Option<usize> {
+        self.plan.limit
+    }
+
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
@@ -180,22 +285,26 @@ impl ExecutionPlan for RestScanExec {
 }
 
 /// Stop after `limit` rows; ending the stream drops the page walkers, so no more calls are made.
+/// The limit is checked before polling, so no page is fetched once enough rows arrived.
 fn limit_rows(
     s: impl Stream<Item = Result<RecordBatch>> + Send + 'static,
     limit: Option<usize>,
 ) -> impl Stream<Item = Result<RecordBatch>> + Send + 'static {
-    s.scan(limit, |remaining, item| {
-        let out = match (item, *remaining) {
-            (Err(e), _) => Some(Err(e)),
-            (Ok(_), Some(0)) => None,
-            (Ok(b), Some(r)) => {
-                let b = if b.num_rows() > r { b.slice(0, r) } else { b };
-                *remaining = Some(r - b.num_rows());
-                Some(Ok(b))
-            }
-            (Ok(b), None) => Some(Ok(b)),
-        };
-        futures::future::ready(out)
+    stream::unfold((Box::pin(s), limit), |(mut s, remaining)| async move {
+        if remaining == Some(0) {
+            return None;
+        }
+        match s.next().await? {
+            Err(e) => Some((Err(e), (s, Some(0)))),
+            Ok(b) => match remaining {
+                None => Some((Ok(b), (s, None))),
+                Some(r) => {
+                    let b = if b.num_rows() > r { b.slice(0, r) } else { b };
+                    let left = r - b.num_rows();
+                    Some((Ok(b), (s, Some(left))))
+                }
+            },
+        }
     })
 }
 

@@ -292,7 +292,15 @@ async fn handle(
         } else {
             s.faults.pop_front()
         };
-        let all: Vec<&Value> = s.records.iter().filter(|r| matches(r, &q)).collect();
+        let mut all: Vec<&Value> = s.records.iter().filter(|r| matches(r, &q)).collect();
+        // `sort=<field>&direction=asc|desc`, like GitHub's list endpoints.
+        if let Some(field) = param(&q, "sort") {
+            let key = |r: &Value| r.get(field).map(|v| v.to_string()).unwrap_or_default();
+            all.sort_by_key(|r| key(r));
+            if param(&q, "direction") == Some("desc") {
+                all.reverse();
+            }
+        }
         let size = |name: &str| {
             param(&q, name)
                 .and_then(|v| v.parse::<usize>().ok())

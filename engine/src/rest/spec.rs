@@ -45,6 +45,47 @@ pub struct TableSpec {
     pub pagination: Pagination,
     #[serde(default)]
     pub page_size: Option<PageSize>,
+    /// Orderings the API can produce, so `ORDER BY ... LIMIT n` needs no local sort.
+    #[serde(default)]
+    pub sort: Vec<SortRule>,
+}
+
+/// `ORDER BY column [ASC|DESC]` -> `param=value` (and `direction_param=asc|desc`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SortRule {
+    pub column: String,
+    pub param: String,
+    pub value: String,
+    /// Parameter carrying the direction; without it only `natural` is available.
+    #[serde(default)]
+    pub direction_param: Option<String>,
+    #[serde(default = "asc_word")]
+    pub asc: String,
+    #[serde(default = "desc_word")]
+    pub desc: String,
+    /// The only direction the API sorts in when there is no direction parameter.
+    #[serde(default)]
+    pub natural: SortDirection,
+    /// The API orders exactly as SQL would (collation, NULLs): the local sort is dropped.
+    #[serde(default)]
+    pub exact: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortDirection {
+    #[default]
+    Asc,
+    Desc,
+}
+
+fn asc_word() -> String {
+    "asc".into()
+}
+
+fn desc_word() -> String {
+    "desc".into()
 }
 
 /// The Arrow type a column is decoded to.
@@ -327,6 +368,11 @@ impl TableSpec {
         for c in &self.columns {
             if !seen.insert(c.name.as_str()) {
                 return err(format!("column '{}' is declared twice", c.name));
+            }
+        }
+        for r in &self.sort {
+            if !seen.contains(r.column.as_str()) {
+                return err(format!("sort on unknown column '{}'", r.column));
             }
         }
         for r in &self.filters {
