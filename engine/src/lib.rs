@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod connector;
 pub mod error;
 pub mod meta;
+pub mod options;
 pub mod rest;
 pub mod session;
 pub mod system;

@@ -61,6 +61,7 @@ impl SessionFactory {
     ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
         let database = database.unwrap_or(self.catalog.name());
         let mut config = SessionConfig::new()
+            .with_option_extension(crate::options::JoineryOptions::default())
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(database, DEFAULT_SCHEMA)

@@ -75,9 +75,13 @@ impl Session {
     /// Push settings that DataFusion itself uses (default schema, time zone) into its config.
     /// Goes through DataFusion's own SET so config-dependent functions (`now()`) follow.
     pub async fn apply_settings(&self) -> Result<(), SqlError> {
-        let (path, tz) = {
+        let (path, tz, joinery) = {
             let s = self.settings()?;
-            (s.search_path(), s.time_zone().to_string())
+            (
+                s.search_path(),
+                s.time_zone().to_string(),
+                s.joinery_options(),
+            )
         };
         let schemas = {
             use datafusion::catalog::CatalogProvider;
@@ -92,10 +96,15 @@ impl Session {
         } else {
             tz
         };
-        for (key, value) in [
-            ("datafusion.catalog.default_schema", default_schema),
-            ("datafusion.execution.time_zone", tz),
-        ] {
+        let mut assignments = vec![
+            (
+                "datafusion.catalog.default_schema".to_string(),
+                default_schema,
+            ),
+            ("datafusion.execution.time_zone".to_string(), tz),
+        ];
+        assignments.extend(joinery);
+        for (key, value) in assignments {
             let sql = format!("SET {key} = '{}'", value.replace('\'', "''"));
             self.ctx
                 .sql(&sql)

@@ -142,6 +142,22 @@ impl Settings {
                     format!("parameter \"{}\" cannot be changed", p.name),
                 ));
             }
+            None if key.starts_with("joinery.")
+                && !joinery_engine::options::OPTION_NAMES
+                    .contains(&key.trim_start_matches("joinery.")) =>
+            {
+                return Err(SqlError::new(
+                    SqlState::UNDEFINED_OBJECT,
+                    format!(
+                        "unrecognized configuration parameter \"{name}\"; Joinery's are {}",
+                        joinery_engine::options::OPTION_NAMES
+                            .iter()
+                            .map(|n| format!("joinery.{n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
             None if !key.contains('.') => {
                 return Err(SqlError::new(
                     SqlState::UNDEFINED_OBJECT,
@@ -223,6 +239,23 @@ impl Settings {
 
     pub fn time_zone(&self) -> &str {
         self.get("timezone").unwrap_or("UTC")
+    }
+
+    /// `joinery.*` options as DataFusion config assignments (defaults included, so RESET works).
+    pub fn joinery_options(&self) -> Vec<(String, String)> {
+        joinery_engine::options::OPTION_NAMES
+            .iter()
+            .map(|name| {
+                let key = format!("joinery.{name}");
+                let v = match (self.values.get(&key).map(String::as_str), *name) {
+                    (Some("on"), _) | (None, "cache") => "true".to_string(),
+                    (Some("off"), _) => "false".to_string(),
+                    (Some(other), _) => other.to_string(),
+                    (None, _) => "0".to_string(),
+                };
+                (key, v)
+            })
+            .collect()
     }
 
     /// Schemas of `search_path`, in order, without `$user`.
@@ -328,6 +361,15 @@ fn normalize(key: &str, value: &str) -> Result<String, SqlError> {
                 .to_string()
         }
         "transaction_isolation" | "default_transaction_isolation" => v.to_ascii_lowercase(),
+        "joinery.cache" => match v.to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => "on".to_string(),
+            "off" | "false" | "0" | "no" => "off".to_string(),
+            _ => return Err(invalid(key, v, "on or off")),
+        },
+        "joinery.max_staleness_s" => v
+            .parse::<u64>()
+            .map_err(|_| invalid(key, v, "a number of seconds"))?
+            .to_string(),
         _ => v.to_string(),
     })
 }

@@ -585,3 +585,34 @@ async fn order_by_limit_is_answered_by_the_api() {
         "the API's order is used: {text}"
     );
 }
+
+#[tokio::test]
+async fn session_controls_the_cache() {
+    let (fake, s) = setup_with(Style::Link, 15, "cache_ttl_s = 600").await;
+    let c = s.client().await;
+    text_rows(&c, "SELECT id FROM api.items").await;
+    assert_eq!(fake.request_count(), 2);
+    text_rows(&c, "SELECT id FROM api.items").await;
+    assert_eq!(fake.request_count(), 2, "served from the cache");
+    c.simple_query("SET joinery.cache = off")
+        .await
+        .expect("set");
+    text_rows(&c, "SELECT id FROM api.items").await;
+    assert_eq!(fake.request_count(), 4, "cache bypassed");
+    c.simple_query("RESET joinery.cache").await.expect("reset");
+    c.simple_query("SET joinery.max_staleness_s = 1")
+        .await
+        .expect("set");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    text_rows(&c, "SELECT id FROM api.items").await;
+    assert_eq!(fake.request_count(), 6, "entries older than 1s refetched");
+    let e = c
+        .simple_query("SET joinery.nope = 1")
+        .await
+        .expect_err("unknown joinery option");
+    assert_eq!(sqlstate(&e), "42704");
+    // Another session is not affected by this one's settings.
+    let other = s.client().await;
+    text_rows(&other, "SELECT id FROM api.items").await;
+    assert_eq!(fake.request_count(), 6);
+}

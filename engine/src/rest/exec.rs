@@ -23,7 +23,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::decode::{decode, lookup, records};
-use super::fetch::{Fetcher, HttpCall, Page};
+use super::fetch::{CachePolicy, Fetcher, HttpCall, Page};
 use super::plan::{RequestTemplate, ScanPlan};
 use super::spec::{ColumnSpec, Pagination, SortDirection, TableSpec};
 use crate::error::{ErrorKind, JoineryError, Result};
@@ -40,6 +40,7 @@ pub struct RestScanExec {
     projection: Vec<usize>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
+    cache: CachePolicy,
 }
 
 impl RestScanExec {
@@ -65,7 +66,14 @@ impl RestScanExec {
             projection,
             schema,
             properties,
+            cache: CachePolicy::default(),
         }
+    }
+
+    /// Use the session's cache policy.
+    pub fn with_cache_policy(mut self, cache: CachePolicy) -> Self {
+        self.cache = cache;
+        self
     }
 
     pub fn scan_plan(&self) -> &ScanPlan {
@@ -179,7 +187,8 @@ impl ExecutionPlan for RestScanExec {
             plan,
             self.projection.clone(),
             self.schema.clone(),
-        );
+        )
+        .with_cache_policy(self.cache);
         if rule.exact {
             exec.properties = Arc::new(PlanProperties::new(
                 EquivalenceProperties::new_with_orderings(
@@ -214,7 +223,8 @@ impl ExecutionPlan for RestScanExec {
             plan,
             self.projection.clone(),
             self.schema.clone(),
-        );
+        )
+        .with_cache_policy(self.cache);
         exec.properties = self.properties.clone();
         Some(Arc::new(exec))
     }
@@ -270,6 +280,7 @@ impl ExecutionPlan for RestScanExec {
                     r.clone(),
                     columns.clone(),
                     self.schema.clone(),
+                    self.cache,
                 )
                 .boxed()
             })
@@ -536,6 +547,7 @@ fn page_batches(
     template: RequestTemplate,
     columns: Arc<Vec<ColumnSpec>>,
     schema: SchemaRef,
+    cache: CachePolicy,
 ) -> impl Stream<Item = Result<RecordBatch>> + Send + 'static {
     let start_page = match &spec.pagination {
         Pagination::Page { start, .. } => *start,
@@ -566,7 +578,7 @@ fn page_batches(
                 Some(Ok(c)) => c,
             };
             w.seen.insert(call_key(&call));
-            let page = match w.fetcher.send(&w.table, &call).await {
+            let page = match w.fetcher.send_with(&w.table, &call, cache).await {
                 Ok(p) => p,
                 // A failed page fails the scan: no partial results.
                 Err(e) => {

@@ -204,6 +204,23 @@ pub struct Page {
     pub url: Url,
 }
 
+/// How one query wants the cache used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    pub use_cache: bool,
+    /// Refetch entries older than this.
+    pub max_staleness: Option<Duration>,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            use_cache: true,
+            max_staleness: None,
+        }
+    }
+}
+
 /// A request to send.
 #[derive(Debug, Clone)]
 pub struct HttpCall {
@@ -224,6 +241,7 @@ struct AccessToken {
 /// What the cache keeps of a page: enough to decode it and find the next one.
 #[derive(Debug)]
 struct CachedPage {
+    at: Instant,
     status: u16,
     link: Option<HeaderValue>,
     body: Value,
@@ -483,7 +501,18 @@ impl Fetcher {
     /// within the TTL are answered from memory, and concurrent identical requests share one
     /// call. Errors are not cached.
     pub async fn send(&self, table: &str, call: &HttpCall) -> Result<Page> {
-        let Some(cache) = &self.cache else {
+        self.send_with(table, call, CachePolicy::default()).await
+    }
+
+    /// [`send`](Self::send) under a query's cache policy (`SET joinery.cache = off`,
+    /// `SET joinery.max_staleness_s = n`).
+    pub async fn send_with(
+        &self,
+        table: &str,
+        call: &HttpCall,
+        policy: CachePolicy,
+    ) -> Result<Page> {
+        let Some(cache) = self.cache.as_ref().filter(|_| policy.use_cache) else {
             return self.send_guarded(table, call).await;
         };
         let key = format!(
@@ -496,6 +525,12 @@ impl Fetcher {
                 .map(|b| b.to_string())
                 .unwrap_or_default()
         );
+        if let Some(max) = policy.max_staleness
+            && let Some(entry) = cache.get(&key).await
+            && entry.at.elapsed() > max
+        {
+            cache.invalidate(&key).await;
+        }
         let loaded = std::sync::atomic::AtomicBool::new(false);
         let cached = cache
             .try_get_with(key, async {
@@ -503,6 +538,7 @@ impl Fetcher {
                 let page = self.send_guarded(table, call).await?;
                 let bytes = page.body.to_string().len() as u64;
                 Ok::<_, JoineryError>(Arc::new(CachedPage {
+                    at: Instant::now(),
                     status: page.status,
                     link: page.headers.get("link").cloned(),
                     body: page.body,

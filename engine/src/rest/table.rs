@@ -13,11 +13,12 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::exec::RestScanExec;
-use super::fetch::Fetcher;
+use super::fetch::{CachePolicy, Fetcher};
 use super::plan::{plan_scan, pushdown_verdicts};
 use super::spec::TableSpec;
 use crate::connector::{Connector, TableEntry};
 use crate::error::Result;
+use crate::options::JoineryOptions;
 
 #[derive(Debug)]
 pub struct RestTable {
@@ -68,7 +69,7 @@ impl TableProvider for RestTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
@@ -83,14 +84,25 @@ impl TableProvider for RestTable {
             None => (0..self.schema.fields().len()).collect(),
         };
         let schema = Arc::new(self.schema.project(&projection)?);
-        Ok(Arc::new(RestScanExec::new(
-            self.spec.name.clone(),
-            self.spec.clone(),
-            self.fetcher.clone(),
-            plan,
-            projection,
-            schema,
-        )))
+        let cache = match state.config_options().extensions.get::<JoineryOptions>() {
+            Some(o) => CachePolicy {
+                use_cache: o.cache,
+                max_staleness: (o.max_staleness_s > 0)
+                    .then(|| std::time::Duration::from_secs(o.max_staleness_s)),
+            },
+            None => CachePolicy::default(),
+        };
+        Ok(Arc::new(
+            RestScanExec::new(
+                self.spec.name.clone(),
+                self.spec.clone(),
+                self.fetcher.clone(),
+                plan,
+                projection,
+                schema,
+            )
+            .with_cache_policy(cache),
+        ))
     }
 }
 

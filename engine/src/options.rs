@@ -1,0 +1,22 @@
+//! Joinery's per-session options, stored in DataFusion's config so scans can read them:
+//! `SET joinery.cache = off`, `SET joinery.max_staleness_s = 5`.
+
+use datafusion::common::extensions_options;
+use datafusion::config::ConfigExtension;
+
+extensions_options! {
+    /// Options a session can change with `SET joinery.<name>`.
+    pub struct JoineryOptions {
+        /// Answer from cached API responses when possible.
+        pub cache: bool, default = true
+        /// The oldest cached response (seconds) a query accepts; 0 means the connection's TTL.
+        pub max_staleness_s: u64, default = 0
+    }
+}
+
+impl ConfigExtension for JoineryOptions {
+    const PREFIX: &'static str = "joinery";
+}
+
+/// Names `SET joinery.<name>` accepts.
+pub const OPTION_NAMES: &[&str] = &["cache", "max_staleness_s"];
