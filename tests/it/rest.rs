@@ -58,6 +58,7 @@ columns = [
   {{ name = "raw", type = "json", path = "$" }},
 ]
 sort = [ {{ column = "updated_at", param = "sort", value = "updated_at", direction_param = "direction", exact = true }} ]
+fields = {{ param = "fields", always = ["id"] }}
 filters = [
   {{ column = "status", ops = ["eq", "in"], param = "status", exact = true }},
   {{ column = "updated_at", ops = ["gte", "gt"], param = "since", format = "iso8601" }},
@@ -346,7 +347,7 @@ async fn explain_shows_the_requests() {
         .join("\n");
     assert!(text.contains("RestScanExec: api.items"), "{text}");
     assert!(
-        text.contains("GET /items?per_page=10&since=2024-03-05T00:00:00Z&status=closed"),
+        text.contains("GET /items?fields=id,updated_at&per_page=10&since=2024-03-05T00:00:00Z&status=closed"),
         "{text}"
     );
     assert!(text.contains("status=open"), "{text}");
@@ -615,4 +616,24 @@ async fn session_controls_the_cache() {
     let other = s.client().await;
     text_rows(&other, "SELECT id FROM api.items").await;
     assert_eq!(fake.request_count(), 6);
+}
+
+#[tokio::test]
+async fn projection_asks_only_for_needed_fields() {
+    let (fake, s) = setup(Style::Link, 5).await;
+    let c = s.client().await;
+    text_rows(&c, "SELECT title, owner FROM api.items").await;
+    assert!(
+        fake.requests()[0].contains("fields=id%2Ctitle%2Cowner"),
+        "{:?}",
+        fake.requests()
+    );
+    fake.clear_requests();
+    // A column holding the whole record needs every field.
+    text_rows(&c, "SELECT raw FROM api.items").await;
+    assert!(
+        !fake.requests()[0].contains("fields="),
+        "{:?}",
+        fake.requests()
+    );
 }

@@ -416,6 +416,41 @@ pub fn plan_scan(
     filters: &[Expr],
     limit: Option<usize>,
 ) -> Result<ScanPlan> {
+    plan_scan_projected(spec, table, vars, filters, limit, None)
+}
+
+/// The top-level keys the projected columns read, or `None` when one needs the whole record.
+fn projected_keys(spec: &TableSpec, projection: &[usize]) -> Option<Vec<String>> {
+    let f = spec.fields.as_ref()?;
+    let mut keys: Vec<String> = f.always.clone();
+    if let super::spec::Pagination::Cursor {
+        last_record: Some(k),
+        ..
+    } = &spec.pagination
+    {
+        keys.push(k.split('.').next().unwrap_or(k).to_string());
+    }
+    for i in projection {
+        let path = spec.columns.get(*i)?.path();
+        if path == "$" || path.is_empty() {
+            return None;
+        }
+        keys.push(path.split('.').next().unwrap_or(path).to_string());
+    }
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
+    Some(keys)
+}
+
+/// [`plan_scan`] with the columns the query reads, for APIs that can return fewer fields.
+pub fn plan_scan_projected(
+    spec: &TableSpec,
+    table: &str,
+    vars: &BTreeMap<String, String>,
+    filters: &[Expr],
+    limit: Option<usize>,
+    projection: Option<&[usize]>,
+) -> Result<ScanPlan> {
     let refs: Vec<&Expr> = filters.iter().collect();
     let (verdicts, bindings) = bind_all(spec, &refs);
     let all_exact = verdicts
@@ -533,6 +568,12 @@ pub fn plan_scan(
         if let Some(pointer) = &p.body {
             body_sets.push((pointer.clone(), Value::from(ps)));
         }
+    }
+    if let (Some(f), Some(p)) = (&spec.fields, projection)
+        && let Some(keys) = projected_keys(spec, p)
+    {
+        base.retain(|(k, _)| k != &f.param);
+        base.push((f.param.clone(), keys.join(&f.separator)));
     }
     let body = spec.body.clone().map(|mut b| {
         for (pointer, v) in &body_sets {

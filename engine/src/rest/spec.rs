@@ -48,6 +48,21 @@ pub struct TableSpec {
     /// Orderings the API can produce, so `ORDER BY ... LIMIT n` needs no local sort.
     #[serde(default)]
     pub sort: Vec<SortRule>,
+    /// Ask only for the columns a query reads (`fields=summary,status`).
+    #[serde(default)]
+    pub fields: Option<FieldsParam>,
+}
+
+/// The parameter that selects response fields: the projected columns' top-level JSON keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsParam {
+    pub param: String,
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// Keys always requested (ids that pagination or the API itself needs).
+    #[serde(default)]
+    pub always: Vec<String>,
 }
 
 /// `ORDER BY column [ASC|DESC]` -> `param=value` (and `direction_param=asc|desc`).

@@ -14,7 +14,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::exec::RestScanExec;
 use super::fetch::{CachePolicy, Fetcher};
-use super::plan::{plan_scan, pushdown_verdicts};
+use super::plan::{plan_scan_projected, pushdown_verdicts};
 use super::spec::TableSpec;
 use crate::connector::{Connector, TableEntry};
 use crate::error::Result;
@@ -74,11 +74,18 @@ impl TableProvider for RestTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let plan =
-            plan_scan(&self.spec, &self.spec.name, &self.vars, filters, limit).map_err(|e| {
-                e.with_connection(self.fetcher.config.connection.clone())
-                    .into_datafusion()
-            })?;
+        let plan = plan_scan_projected(
+            &self.spec,
+            &self.spec.name,
+            &self.vars,
+            filters,
+            limit,
+            projection.map(Vec::as_slice),
+        )
+        .map_err(|e| {
+            e.with_connection(self.fetcher.config.connection.clone())
+                .into_datafusion()
+        })?;
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),
