@@ -347,7 +347,9 @@ async fn explain_shows_the_requests() {
         .join("\n");
     assert!(text.contains("RestScanExec: api.items"), "{text}");
     assert!(
-        text.contains("GET /items?fields=id,updated_at&per_page=10&since=2024-03-05T00:00:00Z&status=closed"),
+        text.contains(
+            "GET /items?fields=id,updated_at&per_page=10&since=2024-03-05T00:00:00Z&status=closed"
+        ),
         "{text}"
     );
     assert!(text.contains("status=open"), "{text}");
@@ -636,4 +638,77 @@ async fn projection_asks_only_for_needed_fields() {
         "{:?}",
         fake.requests()
     );
+}
+
+#[tokio::test]
+async fn a_table_ttl_of_zero_is_never_cached() {
+    let fake = FakeApi::start(Style::Link, records(5), 10, 10)
+        .await
+        .expect("fake");
+    let cfg = format!(
+        r#"
+[connections.live]
+kind = "rest"
+base_url = "{base}"
+cache_ttl_s = 600
+
+[[connections.live.tables]]
+name = "items"
+path = "/items"
+cache_ttl_s = 0
+columns = [ {{ name = "id", type = "bigint" }} ]
+
+[[connections.live.tables]]
+name = "cached_items"
+path = "/items"
+columns = [ {{ name = "id", type = "bigint" }} ]
+"#,
+        base = fake.base_url()
+    );
+    let s = TestServer::with_config(&cfg).await;
+    let c = s.client().await;
+    for _ in 0..2 {
+        text_rows(&c, "SELECT id FROM live.items").await;
+        text_rows(&c, "SELECT id FROM live.cached_items").await;
+    }
+    // Two live reads, one cached read.
+    assert_eq!(fake.request_count(), 3, "{:?}", fake.requests());
+}
+
+#[tokio::test]
+async fn the_limiter_keeps_under_the_configured_rate() {
+    // 16 pages of one row at 4 requests/second (a burst of 4, then one every 250 ms).
+    let fake = FakeApi::start(Style::Link, records(16), 1, 1)
+        .await
+        .expect("fake");
+    let cfg = format!(
+        r#"
+[connections.slow]
+kind = "rest"
+base_url = "{base}"
+cache_ttl_s = 0
+rate_limit = 4
+
+[[connections.slow.tables]]
+name = "items"
+path = "/items"
+pagination = {{ type = "link_header" }}
+page_size = {{ param = "per_page", max = 1 }}
+columns = [ {{ name = "id", type = "bigint" }} ]
+"#,
+        base = fake.base_url()
+    );
+    let s = TestServer::with_config(&cfg).await;
+    let c = s.client().await;
+    let rows = text_rows(&c, "SELECT id FROM slow.items").await;
+    assert_eq!(rows.len(), 16);
+    // An upper bound on the rate: a slow machine only makes it easier to meet.
+    let times = fake.request_times();
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t).as_millis() < 1000)
+            .count();
+        assert!(in_window <= 8, "{in_window} requests within one second");
+    }
 }

@@ -62,6 +62,8 @@ struct FakeState {
     max_page: usize,
     faults: VecDeque<Fault>,
     requests: Vec<String>,
+    /// When each request arrived.
+    times: Vec<std::time::Instant>,
     /// Fault applied to every request from this request number on (a dying server).
     die_after: Option<usize>,
     addr: Option<SocketAddr>,
@@ -125,6 +127,14 @@ impl FakeApi {
         self.state
             .lock()
             .map(|s| s.requests.clone())
+            .unwrap_or_default()
+    }
+
+    /// Arrival times of the requests so far.
+    pub fn request_times(&self) -> Vec<std::time::Instant> {
+        self.state
+            .lock()
+            .map(|s| s.times.clone())
             .unwrap_or_default()
     }
 
@@ -265,6 +275,7 @@ async fn handle(
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_default(),
         );
+        s.times.push(std::time::Instant::now());
         if s.oauth_on {
             if matches!(s.faults.front(), Some(Fault::ExpireToken)) {
                 s.faults.pop_front();

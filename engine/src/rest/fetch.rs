@@ -210,6 +210,8 @@ pub struct CachePolicy {
     pub use_cache: bool,
     /// Refetch entries older than this.
     pub max_staleness: Option<Duration>,
+    /// How long a page fetched now may be kept (the table's TTL); the connection's otherwise.
+    pub ttl: Option<Duration>,
 }
 
 impl Default for CachePolicy {
@@ -217,7 +219,22 @@ impl Default for CachePolicy {
         Self {
             use_cache: true,
             max_staleness: None,
+            ttl: None,
         }
+    }
+}
+
+/// Each cached page expires after its own TTL.
+struct PageExpiry;
+
+impl moka::Expiry<String, Arc<CachedPage>> for PageExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<CachedPage>,
+        _at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
     }
 }
 
@@ -242,6 +259,7 @@ struct AccessToken {
 #[derive(Debug)]
 struct CachedPage {
     at: Instant,
+    ttl: Duration,
     status: u16,
     link: Option<HeaderValue>,
     body: Value,
@@ -398,7 +416,7 @@ impl Fetcher {
                 .weigher(|_k: &String, v: &Arc<CachedPage>| {
                     u32::try_from(v.bytes).unwrap_or(u32::MAX)
                 })
-                .time_to_live(config.cache_ttl)
+                .expire_after(PageExpiry)
                 .build()
         });
         let identity = {
@@ -512,7 +530,8 @@ impl Fetcher {
         call: &HttpCall,
         policy: CachePolicy,
     ) -> Result<Page> {
-        let Some(cache) = self.cache.as_ref().filter(|_| policy.use_cache) else {
+        let no_ttl = policy.ttl.is_some_and(|t| t.is_zero());
+        let Some(cache) = self.cache.as_ref().filter(|_| policy.use_cache && !no_ttl) else {
             return self.send_guarded(table, call).await;
         };
         let key = format!(
@@ -539,6 +558,7 @@ impl Fetcher {
                 let bytes = page.body.to_string().len() as u64;
                 Ok::<_, JoineryError>(Arc::new(CachedPage {
                     at: Instant::now(),
+                    ttl: policy.ttl.unwrap_or(self.config.cache_ttl),
                     status: page.status,
                     link: page.headers.get("link").cloned(),
                     body: page.body,

@@ -51,6 +51,9 @@ pub struct TableSpec {
     /// Ask only for the columns a query reads (`fields=summary,status`).
     #[serde(default)]
     pub fields: Option<FieldsParam>,
+    /// How long this table's pages stay cached (seconds); the connection's TTL otherwise.
+    #[serde(default)]
+    pub cache_ttl_s: Option<u64>,
 }
 
 /// The parameter that selects response fields: the projected columns' top-level JSON keys.

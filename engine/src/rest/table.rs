@@ -96,8 +96,13 @@ impl TableProvider for RestTable {
                 use_cache: o.cache,
                 max_staleness: (o.max_staleness_s > 0)
                     .then(|| std::time::Duration::from_secs(o.max_staleness_s)),
+                ttl: None,
             },
             None => CachePolicy::default(),
+        };
+        let cache = CachePolicy {
+            ttl: self.spec.cache_ttl_s.map(std::time::Duration::from_secs),
+            ..cache
         };
         Ok(Arc::new(
             RestScanExec::new(
