@@ -353,6 +353,21 @@ async fn explain_shows_the_requests() {
         "{text}"
     );
     assert!(text.contains("status=open"), "{text}");
+    assert!(text.contains("calls>=2 (one per page)"), "{text}");
+    let plan = text_rows(
+        &c,
+        "EXPLAIN SELECT id FROM api.items WHERE status = 'open' LIMIT 5",
+    )
+    .await;
+    let text: String = plan
+        .iter()
+        .filter_map(|r| r.get(1).cloned().flatten())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("per_page=5") && text.contains("calls<=1"),
+        "{text}"
+    );
     assert_eq!(fake.request_count(), 0, "EXPLAIN makes no calls");
 }
 

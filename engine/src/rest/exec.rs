@@ -114,8 +114,25 @@ impl DisplayAs for RestScanExec {
         if let Some(l) = self.plan.limit {
             write!(f, ", limit={l}")?;
         }
-        let paged = !matches!(self.spec.pagination, Pagination::None);
-        write!(f, ", calls={}{}", n, if paged { "+ (paged)" } else { "" })
+        write!(f, ", {}", self.estimated_calls())
+    }
+}
+
+impl RestScanExec {
+    /// What EXPLAIN says about the calls a scan makes: exact without pagination, bounded
+    /// by the LIMIT and page size when both are known, a lower bound otherwise.
+    pub fn estimated_calls(&self) -> String {
+        let n = self.plan.requests.len();
+        if matches!(self.spec.pagination, Pagination::None) {
+            return format!("calls={n}");
+        }
+        match (self.plan.limit, self.plan.page_size) {
+            (Some(l), Some(ps)) if ps > 0 => {
+                let per = (l as u64).div_ceil(ps).max(1) as usize;
+                format!("calls<={}", n.saturating_mul(per))
+            }
+            _ => format!("calls>={n} (one per page)"),
+        }
     }
 }
 
