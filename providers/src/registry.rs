@@ -54,7 +54,7 @@ pub trait ConnectorFactory: Send + Sync {
     /// One line for `--help` and docs.
     fn description(&self) -> &'static str;
     /// Keys allowed in the connection's section besides `kind` and `base_url`.
-    fn option_keys(&self) -> &'static [&'static str];
+    fn option_keys(&self) -> Vec<&'static str>;
     fn build(&self, spec: &ConnectionSpec, ctx: &BuildContext) -> Result<Arc<dyn Connector>>;
 }
 

@@ -30,8 +30,8 @@ impl ConnectorFactory for DemoFactory {
         "generated in-memory tables (customers, orders, types)"
     }
 
-    fn option_keys(&self) -> &'static [&'static str] {
-        &["seed", "scale"]
+    fn option_keys(&self) -> Vec<&'static str> {
+        vec!["seed", "scale"]
     }
 
     fn build(&self, spec: &ConnectionSpec, _ctx: &BuildContext) -> Result<Arc<dyn Connector>> {

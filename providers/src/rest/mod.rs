@@ -177,31 +177,8 @@ impl ConnectorFactory for RestFactory {
         "any JSON API, tables declared in the config"
     }
 
-    fn option_keys(&self) -> &'static [&'static str] {
-        &[
-            "tables",
-            "vars",
-            "oauth_token_url",
-            "client_id",
-            "client_secret",
-            "refresh_token",
-            "scope",
-            "token",
-            "username",
-            "password",
-            "api_key",
-            "api_key_header",
-            "api_key_param",
-            "headers",
-            "concurrency",
-            "timeout_ms",
-            "max_attempts",
-            "cache_ttl_s",
-            "cache_mb",
-            "rate_limit",
-            "breaker_threshold",
-            "breaker_cooldown_s",
-        ]
+    fn option_keys(&self) -> Vec<&'static str> {
+        [&["tables", "vars"][..], HTTP_KEYS].concat()
     }
 
     fn build(&self, spec: &ConnectionSpec, ctx: &BuildContext) -> Result<Arc<dyn Connector>> {
