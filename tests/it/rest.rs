@@ -16,7 +16,8 @@ fn records(n: usize) -> Vec<Value> {
                 "status": STATUSES[i % 3],
                 "updated_at": format!("2024-03-{:02}T{:02}:00:00Z", 1 + i % 28, i % 24),
                 "score": (i as f64) * 1.5,
-                "owner": {"login": format!("user{}", i % 5)}
+                "owner": {"login": format!("user{}", i % 5)},
+                "labels": if i % 2 == 0 { json!([{"name": "bug"}, {"name": "p0"}]) } else { json!([]) }
             })
         })
         .collect()
@@ -56,6 +57,7 @@ columns = [
   {{ name = "score", type = "double" }},
   {{ name = "owner", type = "text", path = "owner.login" }},
   {{ name = "raw", type = "json", path = "$" }},
+  {{ name = "labels", type = "text_list", path = "labels.*.name", description = "Label names" }},
 ]
 sort = [ {{ column = "updated_at", param = "sort", value = "updated_at", direction_param = "direction", exact = true }} ]
 fields = {{ param = "fields", always = ["id"] }}
@@ -375,6 +377,29 @@ async fn explain_shows_the_requests() {
 async fn json_and_nested_columns() {
     let (_fake, s) = setup(Style::Link, 5).await;
     let c = s.client().await;
+    let rows = text_rows(
+        &c,
+        "SELECT labels FROM api.items WHERE id IN (1, 2) ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![vec![Some("{bug,p0}".into())], vec![Some("{}".into())]]
+    );
+    let r = c
+        .query_one("SELECT labels FROM api.items WHERE id = 1", &[])
+        .await
+        .expect("binary list");
+    assert_eq!(
+        r.get::<_, Vec<String>>(0),
+        vec!["bug".to_string(), "p0".to_string()]
+    );
+    let n = text_rows(
+        &c,
+        "SELECT count(*) FROM api.items WHERE array_has(labels, 'bug')",
+    )
+    .await;
+    assert_eq!(n[0][0].as_deref(), Some("3"));
     let rows = text_rows(&c, "SELECT owner, raw::text FROM api.items WHERE id = 2").await;
     assert_eq!(rows[0][0].as_deref(), Some("user1"));
     let raw: Value =

@@ -30,6 +30,32 @@ pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     Some(cur)
 }
 
+/// Every value a path with `*` segments reaches (`labels.*.name`); a path without `*` that
+/// ends on an array yields its elements.
+pub fn lookup_all<'a>(v: &'a Value, path: &str) -> Vec<&'a Value> {
+    let mut cur: Vec<&Value> = vec![v];
+    if !(path.is_empty() || path == "$") {
+        for part in path.split('.') {
+            let mut next = Vec::new();
+            for c in cur {
+                match (part, c) {
+                    ("*", Value::Array(a)) => next.extend(a.iter()),
+                    (_, Value::Object(m)) => next.extend(m.get(part)),
+                    (_, Value::Array(a)) => {
+                        next.extend(part.parse::<usize>().ok().and_then(|i| a.get(i)))
+                    }
+                    _ => {}
+                }
+            }
+            cur = next;
+        }
+    }
+    match cur.as_slice() {
+        [Value::Array(a)] if !path.contains('*') => a.iter().collect(),
+        _ => cur.into_iter().filter(|v| !v.is_null()).collect(),
+    }
+}
+
 /// The records of a page.
 pub fn records<'a>(body: &'a Value, path: &str) -> Result<&'a [Value]> {
     match lookup(body, path) {
@@ -199,6 +225,7 @@ fn decode_column(col: &ColumnSpec, recs: &[Value]) -> Result<ArrayRef> {
             }
             Arc::new(b.finish())
         }
+        ColumnType::TextList | ColumnType::BigintList => return decode_list(col, recs),
         ColumnType::Date => {
             let mut b = Date32Builder::with_capacity(recs.len());
             for v in values {
@@ -209,6 +236,56 @@ fn decode_column(col: &ColumnSpec, recs: &[Value]) -> Result<ArrayRef> {
                         b.append_value(us.div_euclid(86_400_000_000) as i32);
                     }
                 }
+            }
+            Arc::new(b.finish())
+        }
+    })
+}
+
+fn decode_list(col: &ColumnSpec, recs: &[Value]) -> Result<ArrayRef> {
+    let path = col.path();
+    // A missing or null value is a NULL list; present but empty is an empty list.
+    let present = |r: &Value| {
+        let head = path.split(".*").next().unwrap_or(path);
+        lookup(r, head).is_some_and(|v| !v.is_null())
+    };
+    Ok(match col.data_type {
+        ColumnType::BigintList => {
+            let mut b = arrow::array::ListBuilder::new(Int64Builder::new());
+            for r in recs {
+                if !present(r) {
+                    b.append(false);
+                    continue;
+                }
+                for v in lookup_all(r, path) {
+                    match v {
+                        Value::Number(n) if n.as_i64().is_some() => {
+                            b.values().append_option(n.as_i64())
+                        }
+                        Value::String(s) if s.parse::<i64>().is_ok() => {
+                            b.values().append_option(s.parse::<i64>().ok())
+                        }
+                        other => return Err(mismatch(col, other)),
+                    }
+                }
+                b.append(true);
+            }
+            Arc::new(b.finish())
+        }
+        _ => {
+            let mut b = arrow::array::ListBuilder::new(StringBuilder::new());
+            for r in recs {
+                if !present(r) {
+                    b.append(false);
+                    continue;
+                }
+                for v in lookup_all(r, path) {
+                    match v {
+                        Value::String(s) => b.values().append_value(s),
+                        other => b.values().append_value(other.to_string()),
+                    }
+                }
+                b.append(true);
             }
             Arc::new(b.finish())
         }
@@ -260,6 +337,17 @@ mod tests {
             parse_timestamp(&serde_json::json!("yesterday"), TimeFormat::Iso8601),
             None
         );
+    }
+
+    #[test]
+    fn list_paths() {
+        let v = serde_json::json!({"labels": [{"name": "bug"}, {"name": "p0"}], "ids": [1, 2]});
+        let names: Vec<&Value> = lookup_all(&v, "labels.*.name");
+        assert_eq!(
+            names,
+            vec![&serde_json::json!("bug"), &serde_json::json!("p0")]
+        );
+        assert_eq!(lookup_all(&v, "ids").len(), 2);
     }
 
     #[test]

@@ -163,11 +163,29 @@ pub struct CallRecord {
     pub cache_hit: bool,
 }
 
+/// Running totals for one connection (what metrics export).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallCounters {
+    /// Requests that reached the API (retries included).
+    pub requests: u64,
+    /// Answered from the cache.
+    pub cache_hits: u64,
+    /// Requests that failed (HTTP >= 400 or no response).
+    pub errors: u64,
+    /// 429s and rate-limit 403s.
+    pub rate_limited: u64,
+    /// Requests that were retries of an earlier attempt.
+    pub retries: u64,
+    pub bytes: u64,
+    pub latency_micros: u64,
+}
+
 /// Recent calls (bounded) and counters, shared by every connection of the process.
 #[derive(Debug, Default)]
 pub struct CallLog {
     recent: Mutex<VecDeque<CallRecord>>,
     total: AtomicU64,
+    counters: Mutex<std::collections::BTreeMap<String, CallCounters>>,
 }
 
 impl CallLog {
@@ -175,12 +193,39 @@ impl CallLog {
 
     pub fn record(&self, r: CallRecord) {
         self.total.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut all) = self.counters.lock() {
+            let c = all.entry(r.connection.clone()).or_default();
+            if r.cache_hit {
+                c.cache_hits += 1;
+            } else {
+                c.requests += 1;
+                c.bytes += r.bytes;
+                c.latency_micros += r.latency.as_micros() as u64;
+                if r.attempt > 1 {
+                    c.retries += 1;
+                }
+                match r.status {
+                    None => c.errors += 1,
+                    Some(429) => {
+                        c.errors += 1;
+                        c.rate_limited += 1;
+                    }
+                    Some(s) if s >= 400 => c.errors += 1,
+                    _ => {}
+                }
+            }
+        }
         if let Ok(mut q) = self.recent.lock() {
             if q.len() == Self::KEEP {
                 q.pop_front();
             }
             q.push_back(r);
         }
+    }
+
+    /// Totals per connection.
+    pub fn counters(&self) -> std::collections::BTreeMap<String, CallCounters> {
+        self.counters.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     pub fn total(&self) -> u64 {
@@ -1018,5 +1063,53 @@ impl Fetcher {
             tracing::debug!(connection = %self.config.connection, %table, attempt, wait_ms = wait.as_millis() as u64, "retrying: {msg}");
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(status: Option<u16>, attempt: u32, cache_hit: bool) -> CallRecord {
+        CallRecord {
+            at: SystemTime::now(),
+            connection: "c".into(),
+            table: "t".into(),
+            method: "GET",
+            url: "/x".into(),
+            status,
+            bytes: 10,
+            latency: Duration::from_millis(2),
+            attempt,
+            error: None,
+            cache_hit,
+        }
+    }
+
+    #[test]
+    fn counters_add_up() {
+        let log = CallLog::default();
+        log.record(rec(Some(429), 1, false));
+        log.record(rec(Some(200), 2, false));
+        log.record(rec(None, 1, false));
+        log.record(rec(Some(200), 0, true));
+        let c = log.counters().remove("c").unwrap_or_default();
+        assert_eq!(
+            (
+                c.requests,
+                c.cache_hits,
+                c.errors,
+                c.rate_limited,
+                c.retries,
+                c.bytes
+            ),
+            (3, 1, 2, 1, 1, 30)
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let a = Auth::Bearer(Secret::new("tok-very-secret"));
+        assert!(!format!("{a:?}").contains("very-secret"));
     }
 }

@@ -124,6 +124,11 @@ pub enum ColumnType {
     Date,
     /// Any JSON value, kept as JSON text (sent to clients as `json`).
     Json,
+    /// A list of strings (`text[]`); with `*` in the path, one value per array element
+    /// (`labels.*.name`).
+    TextList,
+    /// A list of integers (`bigint[]`).
+    BigintList,
 }
 
 impl ColumnType {
@@ -135,6 +140,14 @@ impl ColumnType {
             ColumnType::Boolean => DataType::Boolean,
             ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             ColumnType::Date => DataType::Date32,
+            ColumnType::TextList => DataType::List(std::sync::Arc::new(Field::new_list_field(
+                DataType::Utf8,
+                true,
+            ))),
+            ColumnType::BigintList => DataType::List(std::sync::Arc::new(Field::new_list_field(
+                DataType::Int64,
+                true,
+            ))),
         }
     }
 }
