@@ -11,6 +11,8 @@ extensions_options! {
         pub cache: bool, default = true
         /// The oldest cached response (seconds) a query accepts; 0 means the connection's TTL.
         pub max_staleness_s: u64, default = 0
+        /// Set by the server for each statement: links API calls to the query that made them.
+        pub query_id: u64, default = 0
     }
 }
 

@@ -96,6 +96,10 @@ impl SystemTableKind {
                         ),
                         "When the call finished",
                     ),
+                    described(
+                        Field::new("query_id", DataType::UInt64, false),
+                        "The statement the call served",
+                    ),
                     s("connection", "Connection (schema) that made the call"),
                     s("table_name", "Table being scanned"),
                     s("method", "HTTP method"),
@@ -103,6 +107,10 @@ impl SystemTableKind {
                     described(
                         Field::new("status", DataType::Int32, true),
                         "HTTP status; NULL when no response arrived",
+                    ),
+                    described(
+                        Field::new("rows", DataType::UInt64, true),
+                        "Records in the response",
                     ),
                     described(
                         Field::new("bytes", DataType::UInt64, false),
@@ -189,11 +197,13 @@ impl SystemTable {
             SystemTableKind::ApiCalls => {
                 let calls = catalog.calls().recent();
                 let mut at = arrow::array::TimestampMicrosecondBuilder::new().with_timezone("UTC");
+                let mut qid = arrow::array::UInt64Builder::new();
                 let mut conn = StringBuilder::new();
                 let mut table = StringBuilder::new();
                 let mut method = StringBuilder::new();
                 let mut url = StringBuilder::new();
                 let mut status = arrow::array::Int32Builder::new();
+                let mut rows = arrow::array::UInt64Builder::new();
                 let mut bytes = arrow::array::UInt64Builder::new();
                 let mut latency = arrow::array::Float64Builder::new();
                 let mut attempt = UInt32Builder::new();
@@ -205,11 +215,13 @@ impl SystemTable {
                             .map(|d| d.as_micros() as i64)
                             .unwrap_or(0);
                     at.append_value(micros);
+                    qid.append_value(c.query_id);
                     conn.append_value(&c.connection);
                     table.append_value(&c.table);
                     method.append_value(c.method);
                     url.append_value(&c.url);
                     status.append_option(c.status.map(i32::from));
+                    rows.append_option(c.rows);
                     bytes.append_value(c.bytes);
                     latency.append_value(c.latency.as_secs_f64() * 1000.0);
                     attempt.append_value(c.attempt);
@@ -218,11 +230,13 @@ impl SystemTable {
                 }
                 vec![
                     Arc::new(at.finish()),
+                    Arc::new(qid.finish()),
                     Arc::new(conn.finish()),
                     Arc::new(table.finish()),
                     Arc::new(method.finish()),
                     Arc::new(url.finish()),
                     Arc::new(status.finish()),
+                    Arc::new(rows.finish()),
                     Arc::new(bytes.finish()),
                     Arc::new(latency.finish()),
                     Arc::new(attempt.finish()),

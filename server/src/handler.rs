@@ -77,6 +77,7 @@ pub struct Shared {
     parser: PostgresCompatibilityParser,
     sessions: SessionRegistry,
     next_pid: AtomicI32,
+    next_query: std::sync::atomic::AtomicU64,
     pub active_connections: AtomicUsize,
 }
 
@@ -88,6 +89,7 @@ impl Shared {
             parser: PostgresCompatibilityParser::new(),
             sessions: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(10_000 + (std::process::id() as i32 % 10_000)),
+            next_query: std::sync::atomic::AtomicU64::new(1),
             active_connections: AtomicUsize::new(0),
         })
     }
@@ -148,6 +150,11 @@ impl Shared {
         ));
         session.apply_settings().await?;
         Ok(session)
+    }
+
+    /// A new statement id (what `joinery.api_calls.query_id` refers to).
+    pub fn next_query_id(&self) -> u64 {
+        self.next_query.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn next_pid(&self) -> i32 {
@@ -930,6 +937,9 @@ impl QueryHandler {
         tag: &str,
     ) -> Result<Response, SqlError> {
         let token = session.begin_statement();
+        let query_id = self.shared.next_query_id();
+        session.set_query_id(query_id);
+        debug!(pid = session.pid, query_id, "statement");
         let (timeout, opts) = {
             let s = session.settings()?;
             (s.statement_timeout(), Arc::new(s.format_options()))

@@ -64,6 +64,20 @@ impl Session {
         }
     }
 
+    /// Tag the calls the next statement makes with `id`.
+    pub fn set_query_id(&self, id: u64) {
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        if let Some(o) = state
+            .config_mut()
+            .options_mut()
+            .extensions
+            .get_mut::<joinery_engine::options::JoineryOptions>()
+        {
+            o.query_id = id;
+        }
+    }
+
     /// CancelRequest: stop everything this session is running.
     pub fn cancel(&self) {
         if let Ok(mut cur) = self.current.lock() {

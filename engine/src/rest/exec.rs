@@ -23,7 +23,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::decode::{decode, lookup, records};
-use super::fetch::{CachePolicy, Fetcher, HttpCall, Page};
+use super::fetch::{CallOptions, Fetcher, HttpCall, Page};
 use super::plan::{RequestTemplate, ScanPlan};
 use super::spec::{ColumnSpec, Pagination, SortDirection, TableSpec};
 use crate::error::{ErrorKind, JoineryError, Result};
@@ -40,7 +40,7 @@ pub struct RestScanExec {
     projection: Vec<usize>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
-    cache: CachePolicy,
+    cache: CallOptions,
 }
 
 impl RestScanExec {
@@ -66,12 +66,12 @@ impl RestScanExec {
             projection,
             schema,
             properties,
-            cache: CachePolicy::default(),
+            cache: CallOptions::default(),
         }
     }
 
     /// Use the session's cache policy.
-    pub fn with_cache_policy(mut self, cache: CachePolicy) -> Self {
+    pub fn with_cache_policy(mut self, cache: CallOptions) -> Self {
         self.cache = cache;
         self
     }
@@ -205,7 +205,7 @@ impl ExecutionPlan for RestScanExec {
             self.projection.clone(),
             self.schema.clone(),
         )
-        .with_cache_policy(self.cache);
+        .with_cache_policy(self.cache.clone());
         if rule.exact {
             exec.properties = Arc::new(PlanProperties::new(
                 EquivalenceProperties::new_with_orderings(
@@ -241,7 +241,7 @@ impl ExecutionPlan for RestScanExec {
             self.projection.clone(),
             self.schema.clone(),
         )
-        .with_cache_policy(self.cache);
+        .with_cache_policy(self.cache.clone());
         exec.properties = self.properties.clone();
         Some(Arc::new(exec))
     }
@@ -297,7 +297,7 @@ impl ExecutionPlan for RestScanExec {
                     r.clone(),
                     columns.clone(),
                     self.schema.clone(),
-                    self.cache,
+                    self.cache.clone(),
                 )
                 .boxed()
             })
@@ -564,7 +564,7 @@ fn page_batches(
     template: RequestTemplate,
     columns: Arc<Vec<ColumnSpec>>,
     schema: SchemaRef,
-    cache: CachePolicy,
+    cache: CallOptions,
 ) -> impl Stream<Item = Result<RecordBatch>> + Send + 'static {
     let start_page = match &spec.pagination {
         Pagination::Page { start, .. } => *start,
@@ -585,6 +585,7 @@ fn page_batches(
     stream::unfold((walker, Some(first)), move |(mut w, pending)| {
         let columns = columns.clone();
         let schema = schema.clone();
+        let cache = cache.clone();
         async move {
             let call = match pending {
                 None => match w.next.take() {

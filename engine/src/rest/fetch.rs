@@ -161,6 +161,10 @@ pub struct CallRecord {
     pub error: Option<String>,
     /// Served from the cache: no request reached the API.
     pub cache_hit: bool,
+    /// The statement the call served (0 when unknown).
+    pub query_id: u64,
+    /// Records in the response, when the caller said where they are.
+    pub rows: Option<u64>,
 }
 
 /// Running totals for one connection (what metrics export).
@@ -249,9 +253,13 @@ pub struct Page {
     pub url: Url,
 }
 
-/// How one query wants the cache used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CachePolicy {
+/// What a query brings to its calls: how it wants the cache used, and who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOptions {
+    /// The statement these calls serve (links `joinery.api_calls` to the query).
+    pub query_id: u64,
+    /// Where the records are in a response, to count the rows each call returned.
+    pub records: Option<String>,
     pub use_cache: bool,
     /// Refetch entries older than this.
     pub max_staleness: Option<Duration>,
@@ -259,9 +267,11 @@ pub struct CachePolicy {
     pub ttl: Option<Duration>,
 }
 
-impl Default for CachePolicy {
+impl Default for CallOptions {
     fn default() -> Self {
         Self {
+            query_id: 0,
+            records: None,
             use_cache: true,
             max_staleness: None,
             ttl: None,
@@ -564,7 +574,7 @@ impl Fetcher {
     /// within the TTL are answered from memory, and concurrent identical requests share one
     /// call. Errors are not cached.
     pub async fn send(&self, table: &str, call: &HttpCall) -> Result<Page> {
-        self.send_with(table, call, CachePolicy::default()).await
+        self.send_with(table, call, CallOptions::default()).await
     }
 
     /// [`send`](Self::send) under a query's cache policy (`SET joinery.cache = off`,
@@ -573,11 +583,11 @@ impl Fetcher {
         &self,
         table: &str,
         call: &HttpCall,
-        policy: CachePolicy,
+        policy: CallOptions,
     ) -> Result<Page> {
         let no_ttl = policy.ttl.is_some_and(|t| t.is_zero());
         let Some(cache) = self.cache.as_ref().filter(|_| policy.use_cache && !no_ttl) else {
-            return self.send_guarded(table, call).await;
+            return self.send_guarded(table, call, &policy).await;
         };
         let key = format!(
             "{}|{:?}|{}|{}",
@@ -599,7 +609,7 @@ impl Fetcher {
         let cached = cache
             .try_get_with(key, async {
                 loaded.store(true, Ordering::Relaxed);
-                let page = self.send_guarded(table, call).await?;
+                let page = self.send_guarded(table, call, &policy).await?;
                 let bytes = page.body.to_string().len() as u64;
                 Ok::<_, JoineryError>(Arc::new(CachedPage {
                     at: Instant::now(),
@@ -629,6 +639,12 @@ impl Fetcher {
                 attempt: 0,
                 error: None,
                 cache_hit: true,
+                query_id: policy.query_id,
+                rows: policy
+                    .records
+                    .as_deref()
+                    .and_then(|p| super::decode::records(&cached.body, p).ok())
+                    .map(|r| r.len() as u64),
             });
         }
         let mut headers = HeaderMap::new();
@@ -645,7 +661,7 @@ impl Fetcher {
 
     /// The circuit breaker around retries: after `breaker_threshold` failed requests in a row
     /// the connection fails fast until the cooldown passes, then one request tests the API.
-    async fn send_guarded(&self, table: &str, call: &HttpCall) -> Result<Page> {
+    async fn send_guarded(&self, table: &str, call: &HttpCall, opts: &CallOptions) -> Result<Page> {
         if let Ok(b) = self.breaker.lock()
             && let Some(until) = b.open_until
             && Instant::now() < until
@@ -663,7 +679,7 @@ impl Fetcher {
             .with_connection(self.config.connection.clone())
             .with_table(table.to_string()));
         }
-        let result = self.send_with_retries(table, call).await;
+        let result = self.send_with_retries(table, call, opts).await;
         if let Ok(mut b) = self.breaker.lock() {
             match &result {
                 Ok(_) => *b = Breaker::default(),
@@ -685,7 +701,7 @@ impl Fetcher {
     }
 
     /// A valid OAuth access token (refreshing it if needed), or `None` without OAuth.
-    async fn oauth_token(&self, table: &str) -> Result<Option<AccessToken>> {
+    async fn oauth_token(&self, table: &str, opts: &CallOptions) -> Result<Option<AccessToken>> {
         let Auth::OAuth2 {
             token_url,
             client_id,
@@ -759,6 +775,8 @@ impl Fetcher {
             attempt: 1,
             error: None,
             cache_hit: false,
+            query_id: opts.query_id,
+            rows: None,
         });
         if !(200..300).contains(&status) {
             // The body may echo what we sent; say only what the client needs.
@@ -858,7 +876,12 @@ impl Fetcher {
     }
 
     /// Send with retries; returns the parsed JSON page. Never returns a partial page.
-    async fn send_with_retries(&self, table: &str, call: &HttpCall) -> Result<Page> {
+    async fn send_with_retries(
+        &self,
+        table: &str,
+        call: &HttpCall,
+        opts: &CallOptions,
+    ) -> Result<Page> {
         let started = Instant::now();
         let policy = &self.config.retry;
         let shown = self.redact(&call.url);
@@ -878,7 +901,7 @@ impl Fetcher {
                 .await
                 .map_err(|_| err(ErrorKind::Internal, "connection closed".into()))?;
             let t0 = Instant::now();
-            let (url, bearer) = match self.oauth_token(table).await {
+            let (url, bearer) = match self.oauth_token(table, opts).await {
                 Ok(Some(t)) => (self.on_instance(&call.url, &t), Some(t.token)),
                 Ok(None) => (call.url.clone(), None),
                 Err(e) => return Err(e),
@@ -939,11 +962,23 @@ impl Fetcher {
                             attempt,
                             error: Some(what.clone()),
                             cache_hit: false,
+                            query_id: opts.query_id,
+                            rows: None,
                         });
                         Err((true, kind, format!("{method} {shown}: {what}"), None))
                     }
                     Ok((status, headers, bytes)) => {
                         self.observe_rate_headers(&headers);
+                        // Parse once: the rows count goes in the log, the value in the page.
+                        let parsed = (200..300)
+                            .contains(&status)
+                            .then(|| serde_json::from_slice::<Value>(&bytes));
+                        let rows = match (&parsed, &opts.records) {
+                            (Some(Ok(v)), Some(p)) => {
+                                super::decode::records(v, p).ok().map(|r| r.len() as u64)
+                            }
+                            _ => None,
+                        };
                         self.log.record(CallRecord {
                             at: SystemTime::now(),
                             connection: self.config.connection.clone(),
@@ -956,6 +991,8 @@ impl Fetcher {
                             attempt,
                             error: None,
                             cache_hit: false,
+                            query_id: opts.query_id,
+                            rows,
                         });
                         let snippet = || -> String {
                             let s = String::from_utf8_lossy(&bytes);
@@ -963,7 +1000,9 @@ impl Fetcher {
                             s.replace('\n', " ")
                         };
                         match status {
-                            200..=299 => match serde_json::from_slice::<Value>(&bytes) {
+                            200..=299 => match parsed
+                                .unwrap_or_else(|| serde_json::from_slice::<Value>(&bytes))
+                            {
                                 Ok(body) => Ok(Page {
                                     status,
                                     headers,

@@ -13,7 +13,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::exec::RestScanExec;
-use super::fetch::{CachePolicy, Fetcher};
+use super::fetch::{CallOptions, Fetcher};
 use super::plan::{plan_scan_projected, pushdown_verdicts};
 use super::spec::TableSpec;
 use crate::connector::{Connector, TableEntry};
@@ -92,15 +92,20 @@ impl TableProvider for RestTable {
         };
         let schema = Arc::new(self.schema.project(&projection)?);
         let cache = match state.config_options().extensions.get::<JoineryOptions>() {
-            Some(o) => CachePolicy {
+            Some(o) => CallOptions {
+                query_id: o.query_id,
+                records: Some(self.spec.records.clone()),
                 use_cache: o.cache,
                 max_staleness: (o.max_staleness_s > 0)
                     .then(|| std::time::Duration::from_secs(o.max_staleness_s)),
                 ttl: None,
             },
-            None => CachePolicy::default(),
+            None => CallOptions {
+                records: Some(self.spec.records.clone()),
+                ..CallOptions::default()
+            },
         };
-        let cache = CachePolicy {
+        let cache = CallOptions {
             ttl: self.spec.cache_ttl_s.map(std::time::Duration::from_secs),
             ..cache
         };
