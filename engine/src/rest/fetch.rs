@@ -1122,6 +1122,8 @@ mod tests {
             attempt,
             error: None,
             cache_hit,
+            query_id: 1,
+            rows: None,
         }
     }
 
