@@ -752,3 +752,69 @@ columns = [ {{ name = "id", type = "bigint" }} ]
         assert!(in_window <= 8, "{in_window} requests within one second");
     }
 }
+
+#[tokio::test]
+async fn client_credentials_and_redacted_api_keys() {
+    let fake = FakeApi::start(Style::Link, records(4), 10, 10)
+        .await
+        .expect("fake");
+    fake.require_oauth();
+    let cfg = format!(
+        r#"
+[connections.svc]
+kind = "rest"
+base_url = "{base}"
+oauth_token_url = "/oauth/token"
+client_id = "joinery"
+client_secret = "cc-s3cret"
+cache_ttl_s = 0
+
+[[connections.svc.tables]]
+name = "items"
+path = "/items"
+columns = [ {{ name = "id", type = "bigint" }} ]
+"#,
+        base = fake.base_url()
+    );
+    let s = TestServer::with_config(&cfg).await;
+    let c = s.client().await;
+    assert_eq!(text_rows(&c, "SELECT id FROM svc.items").await.len(), 4);
+    assert_eq!(
+        fake.token_grants(),
+        (1, Some("client_credentials".to_string()))
+    );
+
+    // An API key sent as a query parameter reaches the API but never EXPLAIN or api_calls.
+    let plain = FakeApi::start(Style::Link, records(3), 10, 10)
+        .await
+        .expect("fake");
+    let cfg = format!(
+        r#"
+[connections.keyed]
+kind = "rest"
+base_url = "{base}"
+api_key = "k3y-s3cret"
+api_key_param = "api_key"
+cache_ttl_s = 0
+
+[[connections.keyed.tables]]
+name = "items"
+path = "/items"
+columns = [ {{ name = "id", type = "bigint" }} ]
+"#,
+        base = plain.base_url()
+    );
+    let s = TestServer::with_config(&cfg).await;
+    let c = s.client().await;
+    assert_eq!(text_rows(&c, "SELECT id FROM keyed.items").await.len(), 3);
+    assert!(
+        plain.requests()[0].contains("api_key=k3y-s3cret"),
+        "{:?}",
+        plain.requests()
+    );
+    let plan = text_rows(&c, "EXPLAIN SELECT id FROM keyed.items").await;
+    let calls = text_rows(&c, "SELECT url FROM joinery.api_calls").await;
+    let shown = format!("{plan:?} {calls:?}");
+    assert!(!shown.contains("k3y-s3cret"), "{shown}");
+    assert!(shown.contains("api_key=***"), "{shown}");
+}
