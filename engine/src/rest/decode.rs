@@ -243,53 +243,46 @@ fn decode_column(col: &ColumnSpec, recs: &[Value]) -> Result<ArrayRef> {
 }
 
 fn decode_list(col: &ColumnSpec, recs: &[Value]) -> Result<ArrayRef> {
-    let path = col.path();
-    // A missing or null value is a NULL list; present but empty is an empty list.
-    let present = |r: &Value| {
+    /// One list per record: NULL when the value is missing or null, else the element values.
+    fn build<B: arrow::array::ArrayBuilder>(
+        col: &ColumnSpec,
+        recs: &[Value],
+        values: B,
+        mut push: impl FnMut(&mut B, &Value) -> Result<()>,
+    ) -> Result<ArrayRef> {
+        let path = col.path();
         let head = path.split(".*").next().unwrap_or(path);
-        lookup(r, head).is_some_and(|v| !v.is_null())
-    };
-    Ok(match col.data_type {
-        ColumnType::BigintList => {
-            let mut b = arrow::array::ListBuilder::new(Int64Builder::new());
-            for r in recs {
-                if !present(r) {
-                    b.append(false);
-                    continue;
-                }
-                for v in lookup_all(r, path) {
-                    match v {
-                        Value::Number(n) if n.as_i64().is_some() => {
-                            b.values().append_option(n.as_i64())
-                        }
-                        Value::String(s) if s.parse::<i64>().is_ok() => {
-                            b.values().append_option(s.parse::<i64>().ok())
-                        }
-                        other => return Err(mismatch(col, other)),
-                    }
-                }
-                b.append(true);
+        let mut b = arrow::array::ListBuilder::new(values);
+        for r in recs {
+            if lookup(r, head).is_none_or(Value::is_null) {
+                b.append(false);
+                continue;
             }
-            Arc::new(b.finish())
-        }
-        _ => {
-            let mut b = arrow::array::ListBuilder::new(StringBuilder::new());
-            for r in recs {
-                if !present(r) {
-                    b.append(false);
-                    continue;
-                }
-                for v in lookup_all(r, path) {
-                    match v {
-                        Value::String(s) => b.values().append_value(s),
-                        other => b.values().append_value(other.to_string()),
-                    }
-                }
-                b.append(true);
+            for v in lookup_all(r, path) {
+                push(b.values(), v)?;
             }
-            Arc::new(b.finish())
+            b.append(true);
         }
-    })
+        Ok(Arc::new(b.finish()))
+    }
+    match col.data_type {
+        ColumnType::BigintList => build(col, recs, Int64Builder::new(), |b, v| {
+            let n = match v {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.parse::<i64>().ok(),
+                _ => None,
+            };
+            b.append_value(n.ok_or_else(|| mismatch(col, v))?);
+            Ok(())
+        }),
+        _ => build(col, recs, StringBuilder::new(), |b, v| {
+            match v {
+                Value::String(s) => b.append_value(s),
+                other => b.append_value(other.to_string()),
+            }
+            Ok(())
+        }),
+    }
 }
 
 /// Decode `recs` into a batch of `schema` (a projection of the table's columns, in order).
