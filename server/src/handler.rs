@@ -54,6 +54,7 @@ use pgwire::messages::extendedquery::{
 use pgwire::messages::response::EmptyQueryResponse;
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::response::TransactionStatus;
+use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::{ParameterStatus, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio_util::sync::CancellationToken;
@@ -1245,6 +1246,83 @@ where
 
 #[async_trait]
 impl SimpleQueryHandler for QueryHandler {
+    /// pgwire's default applies transaction changes after sending every result; here the status
+    /// the statements produced is known first, so an error while streaming rows after `BEGIN`
+    /// leaves the transaction failed (E), and `ROLLBACK TO SAVEPOINT` recovers one.
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let sql = query.query;
+        if sql.chars().all(|c| c == ';' || c.is_whitespace()) {
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
+        } else {
+            let session = session_of(client)?;
+            let responses = match SimpleQueryHandler::do_query(self, client, &sql).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(st) = session.take_pending_status() {
+                        client.set_transaction_status(st);
+                    }
+                    return Err(e);
+                }
+            };
+            let status = session
+                .take_pending_status()
+                .unwrap_or(client.transaction_status());
+            // Set before streaming, so an error in the rows fails the right transaction.
+            client.set_transaction_status(status);
+            for r in responses {
+                match r {
+                    Response::EmptyQuery => {
+                        client
+                            .feed(PgWireBackendMessage::EmptyQueryResponse(
+                                EmptyQueryResponse::new(),
+                            ))
+                            .await?;
+                    }
+                    Response::Query(results) => {
+                        pgwire::api::query::send_query_response(client, results, true).await?;
+                    }
+                    Response::Execution(tag)
+                    | Response::TransactionStart(tag)
+                    | Response::TransactionEnd(tag) => {
+                        client
+                            .feed(PgWireBackendMessage::CommandComplete(tag.into()))
+                            .await?;
+                    }
+                    Response::Error(e) => {
+                        client
+                            .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                            .await?;
+                    }
+                    _ => {
+                        return Err(SqlError::new(
+                            SqlState::FEATURE_NOT_SUPPORTED,
+                            "COPY is not supported",
+                        )
+                        .into_pgwire());
+                    }
+                }
+            }
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        let status = client.transaction_status();
+        pgwire::api::query::send_ready_for_query(client, status).await?;
+        Ok(())
+    }
+
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -1265,6 +1343,8 @@ impl SimpleQueryHandler for QueryHandler {
         for stmt in stmts {
             let result = async {
                 let prepared = self.parser.prepare(&session, stmt, &[]).await?;
+                let rollback_to =
+                    matches!(prepared.kind, PreparedKind::Command(Command::RollbackTo));
                 self.run_prepared(
                     client,
                     &session,
@@ -1274,27 +1354,35 @@ impl SimpleQueryHandler for QueryHandler {
                     status,
                 )
                 .await
+                .map(|r| (r, rollback_to))
             }
             .await;
             match result {
-                Ok(r) => {
+                Ok((r, rollback_to)) => {
                     status = match &r {
                         Response::TransactionStart(_) => status.to_in_transaction_state(),
                         Response::TransactionEnd(_) => status.to_idle_state(),
+                        // ROLLBACK TO SAVEPOINT recovers a failed transaction.
+                        _ if rollback_to && matches!(status, TransactionStatus::Error) => {
+                            TransactionStatus::Transaction
+                        }
                         _ => status,
                     };
                     out.push(r)
                 }
                 Err(e) => {
+                    status = status.to_error_state();
+                    session.set_pending_status(status);
                     // Like Postgres: earlier statements' results stand, the rest are skipped.
                     if out.is_empty() {
                         return Err(e.into_pgwire());
                     }
                     out.push(Response::Error(Box::new(e.into_info())));
-                    break;
+                    return Ok(out);
                 }
             }
         }
+        session.set_pending_status(status);
         Ok(out)
     }
 }
@@ -1394,6 +1482,13 @@ impl ExtendedQueryHandler for QueryHandler {
                     client
                         .feed(PgWireBackendMessage::CommandComplete(tag.into()))
                         .await?;
+                    let rollback_to = matches!(
+                        portal.statement.statement.kind,
+                        PreparedKind::Command(Command::RollbackTo)
+                    );
+                    if rollback_to && matches!(status, TransactionStatus::Error) {
+                        status = TransactionStatus::Transaction;
+                    }
                 }
                 Response::TransactionStart(tag) => {
                     client

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use datafusion::prelude::SessionContext;
 use joinery_engine::catalog::SessionCatalog;
+use pgwire::messages::response::TransactionStatus;
 use tokio_util::sync::CancellationToken;
 
 use crate::errors::{SqlError, SqlState};
@@ -25,6 +26,8 @@ pub struct Session {
     current: Mutex<CancellationToken>,
     /// Names of prepared statements, for DEALLOCATE ALL / DISCARD ALL.
     pub prepared: Mutex<BTreeSet<String>>,
+    /// The transaction status a simple query's statements left, for the wire layer to apply.
+    pending_status: Mutex<Option<TransactionStatus>>,
 }
 
 impl Session {
@@ -47,6 +50,7 @@ impl Session {
             settings,
             current: Mutex::new(CancellationToken::new()),
             prepared: Mutex::new(BTreeSet::new()),
+            pending_status: Mutex::new(None),
         }
     }
 
@@ -54,6 +58,16 @@ impl Session {
         self.settings
             .lock()
             .map_err(|_| SqlError::new(SqlState::INTERNAL_ERROR, "session settings lock poisoned"))
+    }
+
+    pub fn set_pending_status(&self, s: TransactionStatus) {
+        if let Ok(mut p) = self.pending_status.lock() {
+            *p = Some(s);
+        }
+    }
+
+    pub fn take_pending_status(&self) -> Option<TransactionStatus> {
+        self.pending_status.lock().ok().and_then(|mut p| p.take())
     }
 
     /// A cancel token for the statement about to run.

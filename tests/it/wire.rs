@@ -401,3 +401,31 @@ async fn transaction_commands_in_one_query_string() {
         .expect("BEGIN and SAVEPOINT in one string");
     assert_eq!(text_rows(&c, "SELECT 2").await[0][0].as_deref(), Some("2"));
 }
+
+#[tokio::test]
+async fn rollback_to_savepoint_recovers_a_failed_transaction() {
+    let s = TestServer::demo().await;
+    let c = s.client().await;
+    c.simple_query("BEGIN; SAVEPOINT a").await.expect("begin");
+    assert!(c.simple_query("SELECT * FROM demo.nope").await.is_err());
+    assert_eq!(
+        sqlstate(&c.simple_query("SELECT 1").await.expect_err("aborted")),
+        "25P02"
+    );
+    c.simple_query("ROLLBACK TO SAVEPOINT a")
+        .await
+        .expect("rollback to");
+    assert_eq!(text_rows(&c, "SELECT 3").await[0][0].as_deref(), Some("3"));
+    c.simple_query("COMMIT").await.expect("commit");
+    // An error while rows stream after BEGIN in the same string fails the transaction.
+    assert!(
+        c.simple_query("BEGIN; SELECT 1/(c_int32 + 32) FROM demo.types")
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        sqlstate(&c.simple_query("SELECT 1").await.expect_err("failed tx")),
+        "25P02"
+    );
+    c.simple_query("ROLLBACK").await.expect("rollback");
+}
