@@ -70,6 +70,20 @@ impl RestScanExec {
         }
     }
 
+    /// This scan with another plan (sort or LIMIT pushed in), keeping options and properties.
+    fn with_plan(&self, plan: ScanPlan) -> RestScanExec {
+        RestScanExec {
+            table: self.table.clone(),
+            spec: self.spec.clone(),
+            fetcher: self.fetcher.clone(),
+            plan,
+            projection: self.projection.clone(),
+            schema: self.schema.clone(),
+            properties: self.properties.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+
     /// Use the session's cache policy.
     pub fn with_cache_policy(mut self, cache: CallOptions) -> Self {
         self.cache = cache;
@@ -197,15 +211,7 @@ impl ExecutionPlan for RestScanExec {
             if desc { " DESC" } else { "" },
             rule.param
         ));
-        let mut exec = RestScanExec::new(
-            self.table.clone(),
-            self.spec.clone(),
-            self.fetcher.clone(),
-            plan,
-            self.projection.clone(),
-            self.schema.clone(),
-        )
-        .with_cache_policy(self.cache.clone());
+        let mut exec = self.with_plan(plan);
         if rule.exact {
             exec.properties = Arc::new(PlanProperties::new(
                 EquivalenceProperties::new_with_orderings(
@@ -233,17 +239,7 @@ impl ExecutionPlan for RestScanExec {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let mut exec = RestScanExec::new(
-            self.table.clone(),
-            self.spec.clone(),
-            self.fetcher.clone(),
-            plan,
-            self.projection.clone(),
-            self.schema.clone(),
-        )
-        .with_cache_policy(self.cache.clone());
-        exec.properties = self.properties.clone();
-        Some(Arc::new(exec))
+        Some(Arc::new(self.with_plan(plan)))
     }
 
     fn fetch(&self) -> Option<usize> {

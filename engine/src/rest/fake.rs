@@ -177,6 +177,22 @@ impl FakeApi {
     }
 }
 
+/// Rows `start..start + n` of the filtered records.
+fn slice(all: &[&Value], start: usize, n: usize) -> Vec<Value> {
+    all.iter()
+        .skip(start)
+        .take(n)
+        .map(|v| (*v).clone())
+        .collect()
+}
+
+/// A numeric query parameter, 0 when absent.
+fn num(q: &[(String, String)], k: &str) -> usize {
+    param(q, k)
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0)
+}
+
 fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
     q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
@@ -327,12 +343,7 @@ async fn handle(
                     .and_then(|v| v.parse::<usize>().ok())
                     .unwrap_or(1)
                     .max(1);
-                let chunk: Vec<Value> = all
-                    .iter()
-                    .skip((p - 1) * per)
-                    .take(per)
-                    .map(|v| (*v).clone())
-                    .collect();
+                let chunk: Vec<Value> = slice(&all, (p - 1) * per, per);
                 if style == Style::Link && p * per < all.len() {
                     let mut next: Vec<(String, String)> =
                         q.iter().filter(|(k, _)| k != "page").cloned().collect();
@@ -360,12 +371,7 @@ async fn handle(
                 } else {
                     per
                 };
-                let chunk: Vec<Value> = all
-                    .iter()
-                    .skip(start)
-                    .take(take)
-                    .map(|v| (*v).clone())
-                    .collect();
+                let chunk: Vec<Value> = slice(&all, start, take);
                 let end = start + chunk.len();
                 let next = if end < all.len() {
                     format!("c{end}")
@@ -379,15 +385,8 @@ async fn handle(
             }
             Style::Offset => {
                 let per = size("limit");
-                let off = param(&q, "offset")
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                let chunk: Vec<Value> = all
-                    .iter()
-                    .skip(off)
-                    .take(per)
-                    .map(|v| (*v).clone())
-                    .collect();
+                let off = num(&q, "offset");
+                let chunk: Vec<Value> = slice(&all, off, per);
                 let more = off + chunk.len() < all.len();
                 (
                     chunk.len(),
@@ -396,15 +395,8 @@ async fn handle(
             }
             Style::NextUrl => {
                 let per = s.default_page.max(1);
-                let start = param(&q, "locator")
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                let chunk: Vec<Value> = all
-                    .iter()
-                    .skip(start)
-                    .take(per)
-                    .map(|v| (*v).clone())
-                    .collect();
+                let start = num(&q, "locator");
+                let chunk: Vec<Value> = slice(&all, start, per);
                 let end = start + chunk.len();
                 let done = end >= all.len();
                 let mut body = json!({"totalSize": all.len(), "done": done, "records": chunk});
@@ -433,12 +425,7 @@ async fn handle(
                         .unwrap_or(all.len()),
                     None => 0,
                 };
-                let chunk: Vec<Value> = all
-                    .iter()
-                    .skip(start)
-                    .take(per)
-                    .map(|v| (*v).clone())
-                    .collect();
+                let chunk: Vec<Value> = slice(&all, start, per);
                 let more = start + chunk.len() < all.len();
                 (
                     chunk.len(),
@@ -543,12 +530,7 @@ async fn graphql(State(state): State<Arc<Mutex<FakeState>>>, body: axum::Json<Va
         .and_then(|c| c.strip_prefix("c"))
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(0);
-    let nodes: Vec<Value> = all
-        .iter()
-        .skip(start)
-        .take(first)
-        .map(|v| (*v).clone())
-        .collect();
+    let nodes: Vec<Value> = slice(&all, start, first);
     let end = start + nodes.len();
     let body = json!({"data": {"items": {"nodes": nodes, "pageInfo": {"hasNextPage": end < all.len(), "endCursor": format!("c{end}")}}}});
     (StatusCode::OK, axum::Json(body)).into_response()

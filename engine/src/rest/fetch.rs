@@ -379,34 +379,28 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     (when.with_timezone(&chrono::Utc) - now).to_std().ok()
 }
 
-/// GitHub-style exhaustion: `x-ratelimit-remaining: 0` with a reset time in epoch seconds.
-fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
-    let remaining = headers
-        .get("x-ratelimit-remaining")
-        .or_else(|| headers.get("ratelimit-remaining"))?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<f64>()
-        .ok()?;
-    if remaining > 0.0 {
-        return None;
-    }
-    let reset = headers
-        .get("x-ratelimit-reset")
-        .or_else(|| headers.get("ratelimit-reset"))?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<f64>()
-        .ok()?;
+/// The API's rate-limit state from `X-RateLimit-*` (GitHub, PagerDuty) or IETF `RateLimit-*`
+/// headers: requests remaining and how long until the window resets.
+fn rate_limit_state(headers: &HeaderMap) -> Option<(f64, Duration)> {
+    let num = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| headers.get(*n)?.to_str().ok()?.trim().parse::<f64>().ok())
+    };
+    let remaining = num(["x-ratelimit-remaining", "ratelimit-remaining"])?;
+    let reset = num(["x-ratelimit-reset", "ratelimit-reset"])?;
     // Epoch seconds (GitHub) or seconds from now (IETF RateLimit-Reset, PagerDuty).
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .ok()?
         .as_secs_f64();
     let wait = if reset > 1e9 { reset - now } else { reset };
-    Some(Duration::from_secs_f64(wait.max(0.0)))
+    Some((remaining, Duration::from_secs_f64(wait.max(0.0))))
+}
+
+/// GitHub-style exhaustion: no requests remaining; wait until the reset.
+fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
+    rate_limit_state(headers).and_then(|(remaining, wait)| (remaining <= 0.0).then_some(wait))
 }
 
 impl Fetcher {
@@ -849,27 +843,13 @@ impl Fetcher {
     /// when the remaining quota is below the number of requests we may have in flight, pause
     /// until the reset.
     fn observe_rate_headers(&self, headers: &HeaderMap) {
-        let num = |names: &[&str]| {
-            names
-                .iter()
-                .find_map(|n| headers.get(*n)?.to_str().ok()?.trim().parse::<f64>().ok())
-        };
-        let Some(remaining) = num(&["x-ratelimit-remaining", "ratelimit-remaining"]) else {
+        let Some((remaining, wait)) = rate_limit_state(headers) else {
             return;
         };
         if remaining >= self.config.concurrency as f64 {
             return;
         }
-        let Some(reset) = num(&["x-ratelimit-reset", "ratelimit-reset"]) else {
-            return;
-        };
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let wait = if reset > 1e9 { reset - now } else { reset };
-        let wait =
-            Duration::from_secs_f64(wait.clamp(0.0, self.config.retry.deadline.as_secs_f64()));
+        let wait = wait.min(self.config.retry.deadline);
         if let Ok(mut p) = self.paused_until.lock() {
             *p = Some(Instant::now() + wait);
         }
