@@ -117,3 +117,19 @@ pub fn pg_url() -> String {
     std::env::var("JOINERY_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
+
+pub fn mysql_url() -> String {
+    std::env::var("JOINERY_TEST_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// (user, host, port, database) of a `mysql://user[:password]@host[:port]/db` URL, for the
+/// `mariadb` command-line client that test setup uses.
+pub fn mysql_parts(url: &str) -> (String, String, String, String) {
+    let rest = url.trim_start_matches("mysql://");
+    let (auth, rest) = rest.split_once('@').unwrap_or(("root", rest));
+    let user = auth.split(':').next().unwrap_or("root").to_string();
+    let (hostport, db) = rest.split_once('/').unwrap_or((rest, "test"));
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "3306"));
+    (user, host.to_string(), port.to_string(), db.to_string())
+}

@@ -12,6 +12,7 @@ pub mod meta;
 pub mod options;
 pub mod rest;
 pub mod session;
+pub mod sqldb;
 pub mod system;
 
 pub use catalog::{Catalog, DEFAULT_SCHEMA, SYSTEM_SCHEMA};

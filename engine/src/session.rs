@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_federation::FederatedQueryPlanner;
 
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, SessionCatalog};
 use crate::error::{JoineryError, Result};
@@ -83,7 +85,20 @@ impl SessionFactory {
             .with_memory_pool(Arc::new(pool))
             .build_arc()
             .map_err(|e| JoineryError::internal(format!("cannot build runtime: {e}")))?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // Small join build sides reach the probe side as `key IN (...)` (up to this many keys per
+        // partition); a database scan adds them to its SQL.
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_inlist_pushdown_max_distinct_values = 1000;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_optimizer_rules(crate::sqldb::optimizer_rules())
+            .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let view = self.catalog.session_view();
         ctx.register_catalog(database, view.clone());
         Ok((ctx, view))

@@ -2,7 +2,11 @@
 //! the registry that turns a `[connections.<name>]` section into a live [`Connector`].
 
 pub mod demo;
+pub mod files;
+pub mod mysql;
+pub mod postgres;
 pub mod registry;
 pub mod rest;
+pub mod sqldb;
 
 pub use registry::{BuildContext, ConnectionSpec, ConnectorFactory, factories, factory_for};

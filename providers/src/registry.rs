@@ -13,9 +13,22 @@ pub struct ConnectionSpec {
     pub base_url: Option<String>,
     /// Kind-specific keys, as JSON values.
     pub options: BTreeMap<String, serde_json::Value>,
+    /// The config file's directory: relative paths in options are relative to it.
+    pub base_dir: Option<std::path::PathBuf>,
 }
 
 impl ConnectionSpec {
+    /// A path option, resolved against the config file's directory.
+    pub fn path_option(&self, key: &str) -> Result<Option<std::path::PathBuf>> {
+        Ok(self.str_option(key)?.map(|p| {
+            let p = std::path::PathBuf::from(p);
+            match &self.base_dir {
+                Some(base) if p.is_relative() => base.join(p),
+                _ => p,
+            }
+        }))
+    }
+
     pub fn str_option(&self, key: &str) -> Result<Option<&str>> {
         match self.options.get(key) {
             None => Ok(None),
@@ -60,7 +73,13 @@ pub trait ConnectorFactory: Send + Sync {
 
 /// Every connector kind this build knows.
 pub fn factories() -> Vec<&'static dyn ConnectorFactory> {
-    vec![&crate::demo::DemoFactory, &crate::rest::RestFactory]
+    vec![
+        &crate::demo::DemoFactory,
+        &crate::rest::RestFactory,
+        &crate::postgres::PostgresFactory,
+        &crate::mysql::MysqlFactory,
+        &crate::files::FilesFactory,
+    ]
 }
 
 pub fn factory_for(kind: &str) -> Option<&'static dyn ConnectorFactory> {

@@ -91,7 +91,21 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| {
             JoineryError::config(format!("cannot read config {}: {e}", path.display()))
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut cfg = Self::parse(&text, &path.display().to_string())?;
+        let base = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .map(Path::to_path_buf);
+        for c in &mut cfg.connections {
+            c.base_dir = base.clone();
+        }
+        Ok(cfg)
     }
 
     /// Parse config text; `origin` names the file in messages.
@@ -190,6 +204,7 @@ fn connection_spec(
         kind: kind.clone(),
         base_url: None,
         options: BTreeMap::new(),
+        base_dir: None,
     };
     for (key, value) in &table {
         match key.as_str() {

@@ -84,6 +84,7 @@ fn demo_config(scale: u64, seed: u64) -> Config {
         ]
         .into_iter()
         .collect(),
+        base_dir: None,
     });
     cfg
 }

@@ -6,4 +6,5 @@ mod clients;
 mod rest;
 mod slt;
 mod types;
+mod warehouse;
 mod wire;

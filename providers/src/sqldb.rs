@@ -1,0 +1,296 @@
+//! What the database connectors (`postgres`, `mysql`) share: their config keys, TLS, how
+//! remote tables are named in Joinery, and the last step of every batch (columns cast to the
+//! schema the plan expects).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::display::FormatOptions;
+use joinery_engine::{ErrorKind, JoineryError, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::registry::ConnectionSpec;
+
+/// Keys every database connection accepts besides `kind`.
+pub const DB_KEYS: &[&str] = &[
+    "url",
+    "password",
+    "schemas",
+    "pool_size",
+    "tls",
+    "ca_file",
+    "connect_timeout_s",
+];
+
+/// How a database connection uses TLS (`tls = "..."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain TCP.
+    Disable,
+    /// Encrypted, the server's certificate not checked (libpq's `sslmode=require`).
+    Require,
+    /// Encrypted, certificate chain and host name checked (libpq's `verify-full`).
+    VerifyFull,
+}
+
+/// The settings every database connector reads from its section.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    pub url: String,
+    pub password: Option<String>,
+    pub schemas: Vec<String>,
+    pub pool_size: usize,
+    pub tls: TlsMode,
+    pub ca_file: Option<String>,
+    pub connect_timeout: std::time::Duration,
+}
+
+impl DbOptions {
+    pub fn from_spec(spec: &ConnectionSpec, default_schema: Option<&str>) -> Result<Self> {
+        let url = spec
+            .str_option("url")?
+            .or(spec.base_url.as_deref())
+            .ok_or_else(|| {
+                JoineryError::config(format!(
+                    "connection '{}': 'url' is required (for example \"{}://user@host/db\")",
+                    spec.name, spec.kind
+                ))
+            })?
+            .to_string();
+        let schemas = match spec.options.get("schemas") {
+            None => default_schema
+                .map(|s| vec![s.to_string()])
+                .unwrap_or_default(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str().map(str::to_string).ok_or_else(|| {
+                        JoineryError::config(format!(
+                            "connection '{}': 'schemas' must be a list of names",
+                            spec.name
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?,
+            Some(_) => {
+                return Err(JoineryError::config(format!(
+                    "connection '{}': 'schemas' must be a list of names",
+                    spec.name
+                )));
+            }
+        };
+        let tls = match spec.str_option("tls")? {
+            None => {
+                if is_loopback_url(&url) {
+                    TlsMode::Disable
+                } else {
+                    TlsMode::VerifyFull
+                }
+            }
+            Some("disable") => TlsMode::Disable,
+            Some("require") => TlsMode::Require,
+            Some("verify-full") => TlsMode::VerifyFull,
+            Some(other) => {
+                return Err(JoineryError::config(format!(
+                    "connection '{}': tls = \"{other}\" is not one of disable, require, verify-full",
+                    spec.name
+                )));
+            }
+        };
+        let pool_size = spec.u64_option("pool_size")?.unwrap_or(8).clamp(1, 256) as usize;
+        let connect_timeout =
+            std::time::Duration::from_secs(spec.u64_option("connect_timeout_s")?.unwrap_or(10));
+        Ok(Self {
+            url,
+            password: spec.str_option("password")?.map(str::to_string),
+            schemas,
+            pool_size,
+            tls,
+            ca_file: spec
+                .path_option("ca_file")?
+                .map(|p| p.display().to_string()),
+            connect_timeout,
+        })
+    }
+}
+
+/// Whether the URL points at this machine (then TLS defaults to off, as libpq's `prefer`
+/// would find no certificate to check anyway).
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let host_part = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host_part.rsplit('@').next().unwrap_or("");
+    let host = host.trim_start_matches('[');
+    host.starts_with("127.")
+        || host.starts_with("localhost")
+        || host.starts_with("::1")
+        || host.is_empty()
+}
+
+/// A rustls client config for `mode` (never called for `Disable`).
+pub fn rustls_config(mode: TlsMode, ca_file: Option<&str>) -> Result<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| JoineryError::internal(format!("TLS setup: {e}")))?;
+    if mode == TlsMode::Require {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| JoineryError::config(format!("cannot read ca_file '{path}': {e}")))?;
+        for cert in certs {
+            let cert = cert
+                .map_err(|e| JoineryError::config(format!("bad certificate in '{path}': {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| JoineryError::config(format!("bad certificate in '{path}': {e}")))?;
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `tls = "require"`: encrypt, accept any certificate (signatures are still checked).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The name a remote table gets in Joinery: tables of the first configured schema keep their
+/// name; tables of further schemas are `<schema>_<table>`.
+pub fn local_table_name(schemas: &[String], schema: &str, table: &str) -> String {
+    if schemas.first().map(String::as_str) == Some(schema) {
+        table.to_string()
+    } else {
+        format!("{schema}_{table}")
+    }
+}
+
+/// Columns as the database returned them, cast to the types the plan expects (a remote
+/// `sum()` may come back as numeric where DataFusion planned int64). A value that does not fit
+/// is an error, never a silent NULL.
+pub fn conform(
+    connection: &str,
+    columns: Vec<ArrayRef>,
+    schema: &SchemaRef,
+    rows: usize,
+) -> Result<RecordBatch> {
+    if columns.len() != schema.fields().len() {
+        return Err(JoineryError::new(
+            ErrorKind::BadResponse,
+            format!(
+                "the database returned {} columns where {} were expected",
+                columns.len(),
+                schema.fields().len()
+            ),
+        )
+        .with_connection(connection));
+    }
+    let options = CastOptions {
+        safe: false,
+        format_options: FormatOptions::default(),
+    };
+    let mut out = Vec::with_capacity(columns.len());
+    for (col, field) in columns.into_iter().zip(schema.fields()) {
+        if col.data_type() == field.data_type() {
+            out.push(col);
+            continue;
+        }
+        let cast = cast_with_options(&col, field.data_type(), &options).map_err(|e| {
+            JoineryError::new(
+                ErrorKind::BadResponse,
+                format!(
+                    "column \"{}\": cannot convert {} to {}: {e}",
+                    field.name(),
+                    col.data_type(),
+                    field.data_type()
+                ),
+            )
+            .with_connection(connection)
+        })?;
+        out.push(cast);
+    }
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+    RecordBatch::try_new_with_options(schema.clone(), out, &options)
+        .map_err(|e| JoineryError::internal(e.to_string()).with_connection(connection))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback_url("postgres://u:p@127.0.0.1:5432/test"));
+        assert!(is_loopback_url("postgres://localhost/test"));
+        assert!(is_loopback_url("mysql://root@[::1]:3306/test"));
+        assert!(!is_loopback_url("postgres://u@db.example.com/test"));
+        assert!(!is_loopback_url(
+            "postgres://u:127.0.0.1@db.example.com/test"
+        ));
+    }
+
+    #[test]
+    fn names() {
+        let schemas = vec!["public".to_string(), "sales".to_string()];
+        assert_eq!(local_table_name(&schemas, "public", "orders"), "orders");
+        assert_eq!(
+            local_table_name(&schemas, "sales", "orders"),
+            "sales_orders"
+        );
+    }
+}
