@@ -29,6 +29,8 @@ pub enum Command {
     Deallocate(Option<String>),
     /// Accepted and ignored, answering with this tag.
     Noop(&'static str),
+    /// `SELECT joinery.refresh('connection')`: re-read a connection's tables and columns.
+    Refresh(String),
 }
 
 impl Command {
@@ -42,7 +44,10 @@ impl Command {
 
     /// Whether the command returns rows (so Describe answers a RowDescription).
     pub fn returns_rows(&self) -> bool {
-        matches!(self, Command::Show(_) | Command::ShowAll)
+        matches!(
+            self,
+            Command::Show(_) | Command::ShowAll | Command::Refresh(_)
+        )
     }
 }
 
@@ -185,6 +190,7 @@ pub fn classify(stmt: &Statement, user: &str) -> Option<Result<Command, SqlError
                 Command::Deallocate(Some(name.value.clone()))
             }
         }
+        Statement::Query(q) => return refresh_call(q).map(Ok),
         Statement::LISTEN { .. } => Command::Noop("LISTEN"),
         Statement::UNLISTEN { .. } => Command::Noop("UNLISTEN"),
         Statement::NOTIFY { .. } => Command::Noop("NOTIFY"),
@@ -199,6 +205,41 @@ pub fn classify(stmt: &Statement, user: &str) -> Option<Result<Command, SqlError
     }))
 }
 
+/// `SELECT joinery.refresh('name')` (nothing else in the statement), as a command: refreshing
+/// is async catalog work, which a scalar function cannot do.
+fn refresh_call(q: &datafusion::sql::sqlparser::ast::Query) -> Option<Command> {
+    use datafusion::sql::sqlparser::ast::{
+        FunctionArg, FunctionArgExpr, FunctionArguments, SelectItem, SetExpr,
+    };
+    let SetExpr::Select(select) = q.body.as_ref() else {
+        return None;
+    };
+    if !select.from.is_empty() || select.projection.len() != 1 || select.selection.is_some() {
+        return None;
+    }
+    let expr = match &select.projection[0] {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return None,
+    };
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    // The compatibility parser drops schema qualifiers from function names.
+    if !matches!(object_name(&f.name).as_str(), "joinery.refresh" | "refresh") {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))] = list.args.as_slice() else {
+        return None;
+    };
+    match &v.value {
+        Value::SingleQuotedString(name) => Some(Command::Refresh(name.clone())),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +249,16 @@ mod tests {
         let p = PostgresCompatibilityParser::new();
         let stmts = p.parse(sql).ok()?;
         classify(stmts.first()?, "alice")?.ok()
+    }
+
+    #[test]
+    fn refresh_is_a_command() {
+        assert_eq!(
+            cmd("SELECT joinery.refresh('wh')"),
+            Some(Command::Refresh("wh".into()))
+        );
+        assert_eq!(cmd("SELECT joinery.refresh('wh') FROM t"), None);
+        assert_eq!(cmd("SELECT 1"), None);
     }
 
     #[test]

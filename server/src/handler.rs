@@ -800,6 +800,11 @@ fn show_schema(c: &Command) -> Option<SchemaRef> {
             DataType::Utf8,
             true,
         )]))),
+        Command::Refresh(_) => Some(Arc::new(Schema::new(vec![Field::new(
+            "refresh",
+            DataType::Utf8,
+            true,
+        )]))),
         Command::ShowAll => Some(Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, false),
             Field::new("setting", DataType::Utf8, true),
@@ -1033,6 +1038,28 @@ impl QueryHandler {
                 .map_err(|e| SqlError::new(SqlState::INTERNAL_ERROR, e.to_string()))?;
                 let opts = Arc::new(session.settings()?.format_options());
                 Response::Query(batch_response(schema, batch, format, "SHOW", opts)?)
+            }
+            Command::Refresh(name) => {
+                let catalog = self.shared.factory.catalog();
+                catalog
+                    .refresh(name)
+                    .await
+                    .map_err(|e| SqlError::from(&e))?;
+                let tables = catalog
+                    .schema(name)
+                    .map(|s| s.table_names().len())
+                    .unwrap_or(0);
+                let schema = show_schema(cmd)
+                    .ok_or_else(|| SqlError::new(SqlState::INTERNAL_ERROR, "refresh schema"))?;
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(arrow::array::StringArray::from(vec![format!(
+                        "{name}: {tables} tables"
+                    )]))],
+                )
+                .map_err(|e| SqlError::new(SqlState::INTERNAL_ERROR, e.to_string()))?;
+                let opts = Arc::new(session.settings()?.format_options());
+                Response::Query(batch_response(schema, batch, format, "SELECT 1", opts)?)
             }
             Command::ShowAll => {
                 let all = session.settings()?.all();

@@ -72,7 +72,7 @@ enum OutputFormat {
     Json,
 }
 
-fn demo_config(scale: u64, seed: u64) -> Config {
+fn demo_config(scale: u64, seed: u64) -> Result<Config, String> {
     let mut cfg = Config::default();
     cfg.connections.push(ConnectionSpec {
         name: "demo".into(),
@@ -86,7 +86,25 @@ fn demo_config(scale: u64, seed: u64) -> Config {
         .collect(),
         base_dir: None,
     });
-    cfg
+    // The warehouse side of the demo world: files written fresh on every start.
+    let dir = std::env::temp_dir().join(format!(
+        "joinery-demo-{}-{seed}-{scale}",
+        std::process::id()
+    ));
+    joinery_providers::demo::warehouse::write(&dir, seed, scale).map_err(|e| e.to_string())?;
+    cfg.connections.push(ConnectionSpec {
+        name: "warehouse".into(),
+        kind: "files".into(),
+        base_url: None,
+        options: [(
+            "path".to_string(),
+            serde_json::Value::from(dir.display().to_string()),
+        )]
+        .into_iter()
+        .collect(),
+        base_dir: None,
+    });
+    Ok(cfg)
 }
 
 fn init_logging() {
@@ -263,7 +281,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             scale,
             seed,
         } => {
-            let mut cfg = demo_config(scale, seed);
+            let mut cfg = demo_config(scale, seed)?;
             cfg.server.listen = parse_listen(&listen)?;
             serve(cfg).await
         }
@@ -274,7 +292,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             let cfg = match config {
                 Some(p) => Config::from_file(&p).map_err(|e| e.to_string())?,
-                None => demo_config(1, 42),
+                None => demo_config(1, 42)?,
             };
             let shared = build(&cfg).await.map_err(|e| e.to_string())?;
             let user = std::env::var("USER").unwrap_or_else(|_| "joinery".into());

@@ -37,6 +37,28 @@ fn query_prints_postgres_text() {
 }
 
 #[test]
+fn demo_world_has_a_file_warehouse() {
+    // The demo's warehouse joins the demo connection; a month filter reads one partition.
+    let (ok, out, err) = joinery(&[
+        "query",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n, count(DISTINCT r.account_id) AS accounts \
+         FROM warehouse.revenue r JOIN demo.customers c ON c.id = r.account_id \
+         WHERE r.month = '2025-12'",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().nth(1), Some("50,50"), "{out}");
+    let (ok, out, err) = joinery(&[
+        "query",
+        "EXPLAIN SELECT sum(mrr) FROM warehouse.revenue WHERE month = '2025-12'",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("month=2025-12"), "{out}");
+    assert!(!out.contains("month=2025-11"), "{out}");
+}
+
+#[test]
 fn errors_exit_non_zero_with_a_sqlstate() {
     let (ok, _, err) = joinery(&["query", "SELECT * FROM demo.nope"]);
     assert!(!ok);

@@ -316,6 +316,24 @@ async fn postgres_pushdown_and_federation() {
     let rows = text_rows(&client, "SELECT count(*) FROM wh.customers").await;
     assert_eq!(rows, vec![vec![Some("300".into())]]);
 
+    // A table created after start appears after a refresh.
+    pg.exec("CREATE TABLE $S.late (id int4, note text); INSERT INTO $S.late VALUES (1, 'new');")
+        .await;
+    let err = client
+        .simple_query("SELECT * FROM wh.late")
+        .await
+        .expect_err("not there yet");
+    assert_eq!(joinery_tests::sqlstate(&err), "42P01");
+    let rows = text_rows(&client, "SELECT joinery.refresh('wh')").await;
+    assert_eq!(rows, vec![vec![Some("wh: 4 tables".into())]]);
+    let rows = text_rows(&client, "SELECT id, note FROM wh.late").await;
+    assert_eq!(rows, vec![vec![Some("1".into()), Some("new".into())]]);
+    let err = client
+        .simple_query("SELECT joinery.refresh('nope')")
+        .await
+        .expect_err("unknown connection");
+    assert_eq!(joinery_tests::sqlstate(&err), "42704");
+
     server.shutdown().await;
     pg.drop().await;
 }

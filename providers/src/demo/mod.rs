@@ -10,6 +10,7 @@
 //! Options: `seed` (default 42), `scale` (default 1, multiplies the row counts).
 
 mod data;
+pub mod warehouse;
 
 use std::sync::Arc;
 

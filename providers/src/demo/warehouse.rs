@@ -1,0 +1,118 @@
+//! The demo world's warehouse: files `joinery demo` writes and serves as `kind = "files"`.
+//!
+//! - `accounts.csv`: one row per demo customer (id, name, region, plan, arr);
+//! - `revenue/month=YYYY-MM/part-0.parquet`: monthly recurring revenue per account for the
+//!   twelve months before `as_of`, partitioned by month so a month filter reads one file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, Decimal128Array, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use joinery_engine::{JoineryError, Result};
+
+use super::data;
+
+fn io(path: &Path, e: impl std::fmt::Display) -> JoineryError {
+    JoineryError::internal(format!("cannot write {}: {e}", path.display()))
+}
+
+/// Write the warehouse files under `dir` (replacing what is there).
+pub fn write(dir: &Path, seed: u64, scale: u64) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let tables = data::generate(seed, scale)?;
+    let customers = tables
+        .iter()
+        .find(|(n, _)| *n == "customers")
+        .map(|(_, b)| b.clone())
+        .ok_or_else(|| JoineryError::internal("demo data has no customers"))?;
+    let col = |name: &str| {
+        customers
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| JoineryError::internal(format!("demo customers lack {name}")))
+    };
+    let ids = col("id")?;
+    let ids = ids
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| JoineryError::internal("customer id type"))?
+        .clone();
+    let arr = col("arr")?;
+    let arr = arr
+        .as_any()
+        .downcast_ref::<Decimal128Array>()
+        .ok_or_else(|| JoineryError::internal("customer arr type"))?
+        .clone();
+
+    // accounts.csv
+    let accounts = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("region", DataType::Utf8, false),
+            Field::new("plan", DataType::Utf8, false),
+            Field::new("arr", DataType::Decimal128(12, 2), false),
+        ])),
+        vec![
+            Arc::new(ids.clone()),
+            col("name")?,
+            col("region")?,
+            col("plan")?,
+            Arc::new(arr.clone()),
+        ],
+    )
+    .map_err(|e| JoineryError::internal(e.to_string()))?;
+    let path = dir.join("accounts.csv");
+    let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+    let mut w = datafusion::arrow::csv::Writer::new(file);
+    w.write(&accounts).map_err(|e| io(&path, e))?;
+
+    // revenue/month=YYYY-MM/part-0.parquet: MRR grows 1% a month towards today's ARR / 12.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("account_id", DataType::Int64, false),
+        Field::new("mrr", DataType::Decimal128(12, 2), false),
+    ]));
+    for back in 0..12i32 {
+        let (y, m) = month_before(2026, 1, back);
+        let part = dir.join(format!("revenue/month={y:04}-{m:02}"));
+        std::fs::create_dir_all(&part).map_err(|e| io(&part, e))?;
+        let mrr: Decimal128Array = (0..arr.len())
+            .map(|i| {
+                let today = arr.value(i) / 12;
+                Some(today * 100 / (100 + i128::from(back)))
+            })
+            .collect::<Decimal128Array>()
+            .with_precision_and_scale(12, 2)
+            .map_err(|e| JoineryError::internal(e.to_string()))?;
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(ids.clone()), Arc::new(mrr)])
+                .map_err(|e| JoineryError::internal(e.to_string()))?;
+        let path = part.join("part-0.parquet");
+        let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+        let mut w = ArrowWriter::try_new(file, schema.clone(), None).map_err(|e| io(&path, e))?;
+        w.write(&batch).map_err(|e| io(&path, e))?;
+        w.close().map_err(|e| io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// The month `back` months before `year-month` (0 = that month).
+fn month_before(year: i32, month: i32, back: i32) -> (i32, i32) {
+    let idx = year * 12 + (month - 1) - back;
+    (idx / 12, idx % 12 + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn months() {
+        assert_eq!(super::month_before(2026, 1, 0), (2026, 1));
+        assert_eq!(super::month_before(2026, 1, 1), (2025, 12));
+        assert_eq!(super::month_before(2026, 1, 13), (2024, 12));
+    }
+}
