@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod files;
+pub mod github;
 pub mod mysql;
 pub mod postgres;
 pub mod registry;

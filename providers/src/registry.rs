@@ -79,6 +79,7 @@ pub fn factories() -> Vec<&'static dyn ConnectorFactory> {
         &crate::postgres::PostgresFactory,
         &crate::mysql::MysqlFactory,
         &crate::files::FilesFactory,
+        &crate::github::GithubFactory,
     ]
 }
 

@@ -3,6 +3,7 @@
 mod cancel;
 mod catalog;
 mod clients;
+mod github;
 mod rest;
 mod slt;
 mod types;

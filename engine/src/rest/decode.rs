@@ -58,6 +58,10 @@ pub fn lookup_all<'a>(v: &'a Value, path: &str) -> Vec<&'a Value> {
 
 /// The records of a page.
 pub fn records<'a>(body: &'a Value, path: &str) -> Result<&'a [Value]> {
+    if path == "$" {
+        // The body is one record (`GET /repos/{owner}/{repo}`).
+        return Ok(std::slice::from_ref(body));
+    }
     match lookup(body, path) {
         Some(Value::Array(a)) => Ok(a),
         // Some APIs omit an empty list entirely.

@@ -345,7 +345,7 @@ struct Walker {
 }
 
 /// Parse `Link: <url>; rel="next", <url>; rel="last"`.
-fn link_next(page: &Page) -> Option<String> {
+pub fn link_next(page: &Page) -> Option<String> {
     let header = page.headers.get_all("link");
     for v in header.iter() {
         let Ok(s) = v.to_str() else { continue };
@@ -611,10 +611,25 @@ fn page_batches(
                 }
             };
             let cols: Vec<&ColumnSpec> = columns.iter().collect();
-            let batch = decode(&cols, schema, recs).map_err(|e| {
-                e.with_connection(w.fetcher.config.connection.clone())
-                    .with_table(w.table.clone())
-            });
+            // Records the table leaves out (GitHub's issues list also returns pull requests).
+            let kept: Vec<Value>;
+            let recs_for_rows = match &w.spec.skip_if {
+                Some(path) => {
+                    kept = recs
+                        .iter()
+                        .filter(|r| lookup(r, path).is_none_or(Value::is_null))
+                        .cloned()
+                        .collect();
+                    kept.as_slice()
+                }
+                None => recs,
+            };
+            let batch = decode(&cols, schema, recs_for_rows)
+                .and_then(|b| fill_request_columns(b, &cols, &w.template.vars))
+                .map_err(|e| {
+                    e.with_connection(w.fetcher.config.connection.clone())
+                        .with_table(w.table.clone())
+                });
             let next = match w.next_call(&page, recs) {
                 Ok(n) => n,
                 Err(e) => return Some((Err(e), (w, None))),
@@ -633,6 +648,42 @@ fn page_batches(
         }
         futures::future::ready(Some(item))
     })
+}
+
+/// Columns declared as `path = "{placeholder}"` hold the request's value for that placeholder
+/// (the same for every record of the page).
+fn fill_request_columns(
+    batch: RecordBatch,
+    columns: &[&ColumnSpec],
+    vars: &[(String, String)],
+) -> Result<RecordBatch> {
+    let mut arrays = batch.columns().to_vec();
+    let mut changed = false;
+    for (i, c) in columns.iter().enumerate() {
+        let Some(name) = c
+            .path
+            .as_deref()
+            .and_then(|p| p.strip_prefix('{'))
+            .and_then(|p| p.strip_suffix('}'))
+        else {
+            continue;
+        };
+        let value = vars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
+        let array: arrow::array::StringArray =
+            std::iter::repeat_n(value, batch.num_rows()).collect();
+        if let Some(slot) = arrays.get_mut(i) {
+            *slot = Arc::new(array);
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(batch);
+    }
+    RecordBatch::try_new(batch.schema(), arrays)
+        .map_err(|e| JoineryError::internal(format!("building a batch: {e}")))
 }
 
 /// Helper for tests and callers that need a URL from a base and a path.

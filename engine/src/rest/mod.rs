@@ -14,6 +14,7 @@
 pub mod decode;
 pub mod exec;
 pub mod fake;
+pub mod fakekit;
 pub mod fetch;
 pub mod plan;
 pub mod spec;

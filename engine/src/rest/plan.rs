@@ -114,6 +114,18 @@ pub fn recognize(e: &Expr) -> Option<Vec<Matched>> {
             }
             None
         }
+        Expr::ScalarFunction(f)
+            if matches!(f.func.name(), "array_has" | "list_has" | "array_contains") =>
+        {
+            let [list, value] = f.args.as_slice() else {
+                return None;
+            };
+            one(
+                column_name(list)?,
+                FilterOp::Contains,
+                vec![literal(value)?.clone()],
+            )
+        }
         Expr::InList(l) if !l.negated => {
             let c = column_name(&l.expr)?;
             let values: Option<Vec<ScalarValue>> =
@@ -320,6 +332,9 @@ pub struct RequestTemplate {
     pub path: String,
     pub query: Vec<(String, String)>,
     pub body: Option<Value>,
+    /// The raw values of the path placeholders, for columns declared as `path = "{name}"`
+    /// (GitHub's `repository`, which the records themselves do not carry).
+    pub vars: Vec<(String, String)>,
 }
 
 impl RequestTemplate {
@@ -401,6 +416,29 @@ pub fn set_pointer(doc: &mut Value, pointer: &str, v: Value) {
     *cur = v;
 }
 
+/// Connection variables: default values of path placeholders. More than one value fans out
+/// (GitHub's `{repository}` over every configured repository).
+pub type Vars = BTreeMap<String, Vec<String>>;
+
+/// A value for a placeholder that may span segments (`org/repo`): each segment encoded, empty,
+/// `.` and `..` segments refused so no value can walk the path.
+fn encode_multi_segment(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return None;
+    }
+    Some(
+        parts
+            .iter()
+            .map(|p| encode_path_segment(p))
+            .collect::<Vec<_>>()
+            .join("/"),
+    )
+}
+
 fn encode_path_segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
@@ -412,7 +450,7 @@ fn encode_path_segment(s: &str) -> String {
 pub fn plan_scan(
     spec: &TableSpec,
     table: &str,
-    vars: &BTreeMap<String, String>,
+    vars: &Vars,
     filters: &[Expr],
     limit: Option<usize>,
 ) -> Result<ScanPlan> {
@@ -446,7 +484,7 @@ fn projected_keys(spec: &TableSpec, projection: &[usize]) -> Option<Vec<String>>
 pub fn plan_scan_projected(
     spec: &TableSpec,
     table: &str,
-    vars: &BTreeMap<String, String>,
+    vars: &Vars,
     filters: &[Expr],
     limit: Option<usize>,
     projection: Option<&[usize]>,
@@ -463,9 +501,9 @@ pub fn plan_scan_projected(
         let bound = bindings
             .iter()
             .find(|b| spec.filters[b.rule].path.as_deref() == Some(p.as_str()));
-        match (bound, vars.get(&p)) {
+        match (bound, vars.get(&p).filter(|v| !v.is_empty())) {
             (Some(b), _) => path_values.push((p, b.values.clone())),
-            (None, Some(v)) => path_values.push((p, vec![v.clone()])),
+            (None, Some(v)) => path_values.push((p, v.clone())),
             (None, None) => {
                 let how: Vec<String> = spec
                     .filters
@@ -621,20 +659,32 @@ pub fn plan_scan_projected(
         .into_iter()
         .map(|(p, q)| {
             let mut path = spec.path.clone();
+            let vars = p.clone();
             for (name, v) in p {
-                path = path.replace(&format!("{{{name}}}"), &encode_path_segment(&v));
+                let encoded = if spec.multi_segment.contains(&name) {
+                    encode_multi_segment(&v).ok_or_else(|| {
+                        JoineryError::invalid_input(format!(
+                            "'{v}' is not a valid {name} (expected segments like 'org/name')"
+                        ))
+                        .with_table(table)
+                    })?
+                } else {
+                    encode_path_segment(&v)
+                };
+                path = path.replace(&format!("{{{name}}}"), &encoded);
             }
             let mut query = base.clone();
             query.extend(q);
             query.sort();
-            RequestTemplate {
+            Ok(RequestTemplate {
                 method: spec.method,
                 path,
                 query,
                 body: body.clone(),
-            }
+                vars,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     Ok(ScanPlan {
         requests,
         pushed,
@@ -673,8 +723,8 @@ mod tests {
         .expect("spec")
     }
 
-    fn vars() -> BTreeMap<String, String> {
-        [("owner".to_string(), "acme".to_string())]
+    fn vars() -> Vars {
+        [("owner".to_string(), vec!["acme".to_string()])]
             .into_iter()
             .collect()
     }

@@ -54,6 +54,13 @@ pub struct TableSpec {
     /// How long this table's pages stay cached (seconds); the connection's TTL otherwise.
     #[serde(default)]
     pub cache_ttl_s: Option<u64>,
+    /// Records where this dotted path holds a value are not rows of the table (GitHub's issues
+    /// list includes pull requests, marked by `pull_request`).
+    #[serde(default)]
+    pub skip_if: Option<String>,
+    /// Placeholders whose values span path segments (`{repository}` = `org/repo`).
+    #[serde(default)]
+    pub multi_segment: Vec<String>,
 }
 
 /// The parameter that selects response fields: the projected columns' top-level JSON keys.
@@ -198,6 +205,8 @@ pub enum FilterOp {
     Prefix,
     IsNull,
     IsNotNull,
+    /// `array_has(list_column, 'x')` / `'x' = ANY(list_column)`.
+    Contains,
 }
 
 impl FilterOp {
@@ -212,6 +221,7 @@ impl FilterOp {
             FilterOp::Prefix => "LIKE 'prefix%'",
             FilterOp::IsNull => "IS NULL",
             FilterOp::IsNotNull => "IS NOT NULL",
+            FilterOp::Contains => "= ANY",
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Planning: the TableProvider that turns a [`TableSpec`] into pushdown verdicts and a
 //! [`RestScanExec`]. A connector is a list of specs plus a [`Fetcher`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -14,7 +13,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::exec::RestScanExec;
 use super::fetch::{CallOptions, Fetcher};
-use super::plan::{plan_scan_projected, pushdown_verdicts};
+use super::plan::{Vars, plan_scan_projected, pushdown_verdicts};
 use super::spec::TableSpec;
 use crate::connector::{Connector, TableEntry};
 use crate::error::Result;
@@ -26,15 +25,11 @@ pub struct RestTable {
     schema: SchemaRef,
     fetcher: Arc<Fetcher>,
     /// Connection variables that fill path placeholders (`{owner}`).
-    vars: BTreeMap<String, String>,
+    vars: Vars,
 }
 
 impl RestTable {
-    pub fn try_new(
-        spec: TableSpec,
-        fetcher: Arc<Fetcher>,
-        vars: BTreeMap<String, String>,
-    ) -> Result<Self> {
+    pub fn try_new(spec: TableSpec, fetcher: Arc<Fetcher>, vars: Vars) -> Result<Self> {
         spec.validate()?;
         let schema = spec.schema();
         Ok(Self {
@@ -135,7 +130,7 @@ impl RestConnector {
         kind: impl Into<String>,
         specs: Vec<TableSpec>,
         fetcher: Arc<Fetcher>,
-        vars: BTreeMap<String, String>,
+        vars: Vars,
     ) -> Result<Self> {
         let tables = specs
             .into_iter()

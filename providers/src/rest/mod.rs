@@ -199,7 +199,10 @@ impl ConnectorFactory for RestFactory {
                 )));
             }
         };
-        let vars = string_map(spec, "vars")?;
+        let vars = string_map(spec, "vars")?
+            .into_iter()
+            .map(|(k, v)| (k, vec![v]))
+            .collect();
         Ok(Arc::new(RestConnector::try_new(
             "rest", tables, fetcher, vars,
         )?))

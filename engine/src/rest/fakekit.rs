@@ -1,0 +1,176 @@
+//! What every connector's fake API shares: a loopback HTTP server around the connector's own
+//! routes that records each request (so tests assert what reached the wire), adds latency, and
+//! injects faults (statuses with or without `Retry-After`, delays, malformed or truncated
+//! bodies, a server that dies). The routes themselves — paths, parameters, pagination, default
+//! filters, error bodies — are the connector's, written after the real API.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// A fault for the next request(s).
+#[derive(Debug, Clone)]
+pub enum FakeFault {
+    /// Answer with this status and a JSON error body; `retry_after` seconds if given.
+    Status {
+        code: u16,
+        retry_after: Option<u64>,
+        body: String,
+    },
+    /// Wait before answering.
+    Delay(Duration),
+    /// A body that is not JSON.
+    Malformed,
+    /// The real answer cut in the middle.
+    Truncated,
+}
+
+#[derive(Debug, Default)]
+struct KitState {
+    faults: VecDeque<FakeFault>,
+    requests: Vec<String>,
+    latency: Duration,
+    die_after: Option<usize>,
+}
+
+/// A running fake; dropping it stops the server.
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<KitState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeServer {
+    /// Serve `routes` on `addr` (port 0 for any free port).
+    pub async fn start(routes: Router, addr: SocketAddr) -> std::io::Result<FakeServer> {
+        let state = Arc::new(Mutex::new(KitState::default()));
+        let app = routes.layer(axum::middleware::from_fn_with_state(state.clone(), knobs));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeServer { addr, state, task })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut KitState) -> T) -> Option<T> {
+        self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+
+    /// Requests so far, as `METHOD /path?query`.
+    pub fn requests(&self) -> Vec<String> {
+        self.with(|s| s.requests.clone()).unwrap_or_default()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.with(|s| s.requests.len()).unwrap_or(0)
+    }
+
+    pub fn clear_requests(&self) {
+        self.with(|s| s.requests.clear());
+    }
+
+    /// Queue a fault for the next request.
+    pub fn inject(&self, f: FakeFault) {
+        self.with(|s| s.faults.push_back(f));
+    }
+
+    /// Add this latency to every answer (the demo's `--api-latency`).
+    pub fn set_latency(&self, d: Duration) {
+        self.with(|s| s.latency = d);
+    }
+
+    /// From request number `n` on (0-based), every request gets a 503: a dying server.
+    pub fn die_after(&self, n: usize) {
+        self.with(|s| s.die_after = Some(n));
+    }
+}
+
+async fn knobs(State(state): State<Arc<Mutex<KitState>>>, req: Request, next: Next) -> Response {
+    let line = format!(
+        "{} {}",
+        req.method(),
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default()
+    );
+    let (fault, latency) = match state.lock() {
+        Ok(mut s) => {
+            let n = s.requests.len();
+            s.requests.push(line);
+            let dead = s.die_after.is_some_and(|d| n >= d);
+            let fault = if dead {
+                Some(FakeFault::Status {
+                    code: 503,
+                    retry_after: None,
+                    body: r#"{"message":"Service Unavailable"}"#.into(),
+                })
+            } else {
+                s.faults.pop_front()
+            };
+            (fault, s.latency)
+        }
+        Err(_) => (None, Duration::ZERO),
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match fault {
+        None => next.run(req).await,
+        Some(FakeFault::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            next.run(req).await
+        }
+        Some(FakeFault::Status {
+            code,
+            retry_after,
+            body,
+        }) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = (status, body).into_response();
+            resp.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            if let Some(s) = retry_after
+                && let Ok(v) = HeaderValue::from_str(&s.to_string())
+            {
+                resp.headers_mut().insert("retry-after", v);
+            }
+            resp
+        }
+        Some(FakeFault::Malformed) => {
+            let mut resp = (StatusCode::OK, "<html>upstream proxy error</html>").into_response();
+            resp.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            resp
+        }
+        Some(FakeFault::Truncated) => {
+            let resp = next.run(req).await;
+            let (mut parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            let cut = bytes.slice(0..bytes.len() / 2);
+            parts.headers.remove("content-length");
+            Response::from_parts(parts, Body::from(cut))
+        }
+    }
+}

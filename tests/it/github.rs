@@ -1,0 +1,234 @@
+//! The GitHub connector against its fake: pushed filters reach the wire and give the same rows
+//! as a local filter over the full scan; defaults that hide rows are undone; calls are counted.
+
+use chrono::{TimeZone, Utc};
+use joinery_providers::github::fake;
+use joinery_tests::{TestServer, sqlstate, text_rows};
+
+const TOKEN: &str = "ghp_fake_token_123";
+
+async fn setup() -> (joinery_engine::rest::fakekit::FakeServer, TestServer) {
+    let as_of = Utc
+        .with_ymd_and_hms(2026, 11, 20, 12, 0, 0)
+        .single()
+        .expect("date");
+    let keys: Vec<String> = (1..=20).map(|i| format!("PAY-{i}")).collect();
+    let data = fake::generate(7, as_of, &["acme/api", "acme/web"], &keys, 2);
+    let addr = "127.0.0.1:0".parse().expect("addr");
+    let (server, _) = fake::start(data, Some(TOKEN.into()), 5000, addr)
+        .await
+        .expect("fake starts");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connections.github]\nkind = \"github\"\nbase_url = \"{}\"\ntoken = \"{TOKEN}\"\nrepositories = [\"acme/api\", \"acme/web\"]\n",
+        server.base_url()
+    );
+    (server, TestServer::with_config(&config).await)
+}
+
+/// The same query with the filter made unpushable (`(x || '')` hides the column from the
+/// planner), so DataFusion filters the full scan locally.
+async fn same_as_local(client: &tokio_postgres::Client, select: &str, pushed: &str, local: &str) {
+    let a = text_rows(client, &format!("{select} WHERE {pushed} ORDER BY 1, 2")).await;
+    let b = text_rows(client, &format!("{select} WHERE {local} ORDER BY 1, 2")).await;
+    assert_eq!(a, b, "{pushed} vs {local}");
+    assert!(
+        !a.is_empty(),
+        "{pushed} matched nothing; the test would prove nothing"
+    );
+}
+
+#[tokio::test]
+async fn github_pushdown_matches_local_filtering() {
+    let (fake, server) = setup().await;
+    let client = server.client().await;
+
+    // state: pushed as state=open; unconstrained scans send state=all.
+    fake.clear_requests();
+    same_as_local(
+        &client,
+        "SELECT repository, number, title FROM github.issues",
+        "state = 'open'",
+        "(state || '') = 'open'",
+    )
+    .await;
+    let reqs = fake.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.contains("/repos/acme/api/issues") && r.contains("state=open")),
+        "{reqs:#?}"
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.contains("/repos/acme/web/issues") && r.contains("state=all")),
+        "{reqs:#?}"
+    );
+
+    // Issues never include pull requests; PRs are their own table, closed ones included.
+    let n = text_rows(&client, "SELECT count(*) FROM github.issues").await;
+    let p = text_rows(&client, "SELECT count(*) FROM github.pull_requests").await;
+    assert_eq!(
+        n,
+        vec![vec![Some("120".into())]],
+        "60 items per repo x 2 repos x scale 2, half PRs"
+    );
+    assert_eq!(p, vec![vec![Some("120".into())]]);
+
+    // since (updated_at >=), labels (AND, case-insensitive in GitHub), assignee, creator.
+    fake.clear_requests();
+    same_as_local(
+        &client,
+        "SELECT repository, number FROM github.issues",
+        "updated_at >= TIMESTAMP '2026-10-01 00:00:00'",
+        "(updated_at + INTERVAL '0 seconds') >= TIMESTAMP '2026-10-01 00:00:00'",
+    )
+    .await;
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.contains("since=2026-10-01T00%3A00%3A00Z")
+                || r.contains("since=2026-10-01T00:00:00Z")),
+        "{:#?}",
+        fake.requests()
+    );
+    fake.clear_requests();
+    same_as_local(
+        &client,
+        "SELECT repository, number FROM github.issues",
+        "'bug' = ANY(labels)",
+        "array_to_string(labels, ',') LIKE '%bug%'",
+    )
+    .await;
+    assert!(
+        fake.requests().iter().any(|r| r.contains("labels=bug")),
+        "{:#?}",
+        fake.requests()
+    );
+    same_as_local(
+        &client,
+        "SELECT repository, number FROM github.issues",
+        "assignee = 'ada-l'",
+        "(assignee || '') = 'ada-l'",
+    )
+    .await;
+
+    // repository narrows the fan-out to one request chain.
+    fake.clear_requests();
+    let rows = text_rows(
+        &client,
+        "SELECT count(*) FROM github.pull_requests WHERE repository = 'acme/web' AND state = 'closed'",
+    )
+    .await;
+    assert!(rows[0][0].as_deref().unwrap_or("0") != "0");
+    let reqs = fake.requests();
+    assert!(
+        reqs.iter().all(|r| r.contains("/repos/acme/web/pulls")),
+        "{reqs:#?}"
+    );
+    assert_eq!(reqs.len(), 1, "60 PRs fit one page of 100: {reqs:#?}");
+
+    // Commits by time range, runs by conclusion, deployments by environment.
+    same_as_local(
+        &client,
+        "SELECT repository, sha FROM github.commits",
+        "committed_at >= TIMESTAMP '2026-11-10 00:00:00' AND committed_at < TIMESTAMP '2026-11-15 00:00:00'",
+        "(committed_at + INTERVAL '0 seconds') >= TIMESTAMP '2026-11-10 00:00:00' AND (committed_at + INTERVAL '0 seconds') < TIMESTAMP '2026-11-15 00:00:00'",
+    )
+    .await;
+    same_as_local(
+        &client,
+        "SELECT repository, id FROM github.workflow_runs",
+        "conclusion = 'failure'",
+        "(conclusion || '') = 'failure'",
+    )
+    .await;
+    fake.clear_requests();
+    same_as_local(
+        &client,
+        "SELECT repository, id FROM github.deployments",
+        "environment = 'production'",
+        "(environment || '') = 'production'",
+    )
+    .await;
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.contains("environment=production"))
+    );
+
+    // The repositories table, and a repository value that tries to walk the path.
+    let rows = text_rows(
+        &client,
+        "SELECT full_name, default_branch FROM github.repositories ORDER BY 1",
+    )
+    .await;
+    assert_eq!(rows.len(), 2);
+    let err = client
+        .simple_query("SELECT * FROM github.issues WHERE repository = 'acme/../admin'")
+        .await
+        .expect_err("refused");
+    assert_eq!(sqlstate(&err), "22023");
+}
+
+#[tokio::test]
+async fn github_calls_are_the_minimum_and_explain_shows_them() {
+    let (fake, server) = setup().await;
+    let client = server.client().await;
+    // 120 issue-list items per repo (issues and PRs share the list): 2 pages of 100 per repo.
+    fake.clear_requests();
+    let _ = text_rows(&client, "SELECT count(*) FROM github.issues").await;
+    assert_eq!(fake.request_count(), 4, "{:#?}", fake.requests());
+    // A LIMIT that one page satisfies makes one call.
+    fake.clear_requests();
+    let rows = text_rows(
+        &client,
+        "SELECT number FROM github.pull_requests WHERE repository = 'acme/api' LIMIT 5",
+    )
+    .await;
+    assert_eq!(rows.len(), 5);
+    assert_eq!(fake.request_count(), 1, "{:#?}", fake.requests());
+    let plan = text_rows(
+        &client,
+        "EXPLAIN SELECT number FROM github.issues WHERE repository = 'acme/api' AND state = 'open'",
+    )
+    .await;
+    let text = format!("{plan:?}");
+    assert!(text.contains("GET /repos/acme/api/issues"), "{text}");
+    assert!(!text.contains(TOKEN), "the token never appears in EXPLAIN");
+}
+
+#[tokio::test]
+async fn github_bad_token_is_a_clear_error() {
+    let as_of = Utc
+        .with_ymd_and_hms(2026, 11, 20, 12, 0, 0)
+        .single()
+        .expect("date");
+    let data = fake::generate(7, as_of, &["acme/api"], &[], 1);
+    let (fake, _) = fake::start(
+        data,
+        Some("right".into()),
+        5000,
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("fake");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connections.github]\nkind = \"github\"\nbase_url = \"{}\"\ntoken = \"wrong-token-xyz\"\nrepositories = [\"acme/api\"]\n",
+        fake.base_url()
+    );
+    let server = TestServer::with_config(&config).await;
+    let client = server.client().await;
+    let err = client
+        .simple_query("SELECT * FROM github.issues")
+        .await
+        .expect_err("401");
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    // The upstream rejected Joinery's credentials: an FDW-class error, not the client's 28000.
+    assert_eq!(sqlstate(&err), "HV00N", "{msg}");
+    assert!(msg.contains("github"), "{msg}");
+    assert!(!msg.contains("wrong-token-xyz"), "{msg}");
+    let rows = text_rows(&client, "SELECT 1").await;
+    assert_eq!(rows.len(), 1, "the session goes on");
+}
