@@ -232,3 +232,74 @@ async fn github_bad_token_is_a_clear_error() {
     let rows = text_rows(&client, "SELECT 1").await;
     assert_eq!(rows.len(), 1, "the session goes on");
 }
+
+#[tokio::test]
+async fn github_pull_requests_join_a_postgres_warehouse() {
+    // Issue 4's "done": a SaaS table joined to a real PostgreSQL table over the wire, the
+    // repositories of the filtered pull requests reaching PostgreSQL as an IN list.
+    let url = joinery_tests::pg_url();
+    let Ok((pg, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+        joinery_tests::skip("github x postgres", "no PostgreSQL");
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let schema = format!("jit_gh_{}", std::process::id());
+    pg.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.deploy_targets (repository text PRIMARY KEY, environment text, owner_team text);
+         INSERT INTO {schema}.deploy_targets SELECT 'acme/svc' || g, 'production', 'team' || (g % 7) FROM generate_series(1, 5000) g;
+         INSERT INTO {schema}.deploy_targets VALUES ('acme/api', 'production', 'payments'), ('acme/web', 'staging', 'growth');"
+    ))
+    .await
+    .expect("setup");
+    let as_of = Utc
+        .with_ymd_and_hms(2026, 11, 20, 12, 0, 0)
+        .single()
+        .expect("date");
+    let data = fake::generate(7, as_of, &["acme/api", "acme/web"], &[], 1);
+    let (gh, _) = fake::start(data, None, 5000, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("fake");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connections.github]\nkind = \"github\"\nbase_url = \"{}\"\nrepositories = [\"acme/api\", \"acme/web\"]\n\n[connections.warehouse_pg]\nkind = \"postgres\"\nurl = \"{url}\"\nschemas = [\"{schema}\"]\n",
+        gh.base_url()
+    );
+    let server = TestServer::with_config(&config).await;
+    let client = server.client().await;
+    let rows = text_rows(
+        &client,
+        "SELECT t.owner_team, count(*) AS open_prs FROM github.pull_requests p \
+         JOIN warehouse_pg.deploy_targets t ON t.repository = p.repository \
+         WHERE p.state = 'open' GROUP BY t.owner_team ORDER BY 1",
+    )
+    .await;
+    let expected = text_rows(
+        &client,
+        "SELECT CASE repository WHEN 'acme/api' THEN 'payments' ELSE 'growth' END, count(*) \
+         FROM github.pull_requests WHERE state = 'open' GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(rows, expected);
+    let sent = text_rows(
+        &client,
+        "SELECT url, rows FROM joinery.api_calls WHERE connection = 'warehouse_pg' AND method = 'SQL'",
+    )
+    .await;
+    assert!(
+        sent.iter().any(|r| r[0]
+            .as_deref()
+            .is_some_and(|s| s.contains("IN (") && s.contains("acme/api"))),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .all(|r| r[1].as_deref().unwrap_or("0").parse::<i64>().unwrap_or(0) <= 2),
+        "only the 2 matching rows of 5002 came back: {sent:?}"
+    );
+    server.shutdown().await;
+    let _ = pg
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await;
+}
