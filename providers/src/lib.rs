@@ -2,9 +2,11 @@
 //! the registry that turns a `[connections.<name>]` section into a live [`Connector`].
 
 pub mod demo;
+pub mod fakeutil;
 pub mod files;
 pub mod github;
 pub mod mysql;
+pub mod pagerduty;
 pub mod postgres;
 pub mod registry;
 pub mod rest;

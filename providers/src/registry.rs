@@ -80,6 +80,7 @@ pub fn factories() -> Vec<&'static dyn ConnectorFactory> {
         &crate::mysql::MysqlFactory,
         &crate::files::FilesFactory,
         &crate::github::GithubFactory,
+        &crate::pagerduty::PagerdutyFactory,
     ]
 }
 

@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde_json::{Value, json};
 
 const ISSUE: &str = include_str!("examples/github_issue.json");
@@ -50,36 +50,7 @@ pub struct FakeState {
 
 pub type Shared = Arc<Mutex<FakeState>>;
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn template(s: &str) -> Value {
-    let v: Value = serde_json::from_str(s).unwrap_or(Value::Null);
-    match v {
-        Value::Array(mut a) if !a.is_empty() => a.swap_remove(0),
-        other => other,
-    }
-}
-
-/// A tiny deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
-    }
-}
+use crate::fakeutil::{Rng, parse_time, template, ts};
 
 /// The people of the demo engineering team.
 pub const ENGINEERS: &[&str] = &[
@@ -523,12 +494,6 @@ fn paginate(
         r.headers_mut().insert("link", v);
     }
     r
-}
-
-fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn field_time(v: &Value, path: &[&str]) -> Option<DateTime<Utc>> {
