@@ -258,9 +258,9 @@ pub fn generate(
             let author = *rng.pick(ENGINEERS);
             let sha = format!(
                 "{:016x}{:016x}{:08x}",
-                rng.next(),
-                rng.next(),
-                rng.next() as u32
+                rng.next_u64(),
+                rng.next_u64(),
+                rng.next_u64() as u32
             );
             let mut c = commit_t.clone();
             if let Some(o) = c.as_object_mut() {

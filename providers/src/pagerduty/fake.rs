@@ -150,7 +150,7 @@ pub fn generate(
                 o.insert("urgency".into(), json!(urgency));
                 o.insert(
                     "incident_key".into(),
-                    json!(format!("{:032x}", rng.next() as u128 * 7919)),
+                    json!(format!("{:032x}", rng.next_u64() as u128 * 7919)),
                 );
                 o.insert(
                     "service".into(),
@@ -220,6 +220,7 @@ fn error(status: StatusCode, code: u64, message: &str, errors: &[&str]) -> Respo
 }
 
 type Params = Vec<(String, String)>;
+type RateHeaders = Vec<(&'static str, String)>;
 
 fn all(q: &Params, k: &str) -> Vec<String> {
     q.iter()
@@ -236,7 +237,7 @@ fn one<'a>(q: &'a Params, k: &str) -> Option<&'a str> {
 fn admit(
     state: &Shared,
     headers: &HeaderMap,
-) -> Result<(Vec<(&'static str, String)>, PagerdutyData), Box<Response>> {
+) -> Result<(RateHeaders, PagerdutyData), Box<Response>> {
     let Ok(mut s) = state.lock() else {
         return Err(Box::new(error(
             StatusCode::INTERNAL_SERVER_ERROR,
