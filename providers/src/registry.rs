@@ -81,6 +81,7 @@ pub fn factories() -> Vec<&'static dyn ConnectorFactory> {
         &crate::files::FilesFactory,
         &crate::github::GithubFactory,
         &crate::pagerduty::PagerdutyFactory,
+        &crate::jira::JiraFactory,
     ]
 }
 

@@ -4,6 +4,7 @@ mod cancel;
 mod catalog;
 mod clients;
 mod github;
+mod jira;
 mod pagerduty;
 mod rest;
 mod slt;

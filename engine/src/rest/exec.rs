@@ -480,8 +480,12 @@ impl Walker {
                 offset_param,
                 more,
                 total,
+                is_last,
             } => {
                 self.offset += n;
+                if truthy(is_last.as_deref().and_then(|p| lookup(&page.body, p))) == Some(true) {
+                    return Ok(None);
+                }
                 let more_flag = truthy(more.as_deref().and_then(|p| lookup(&page.body, p)));
                 let total_n = total
                     .as_deref()

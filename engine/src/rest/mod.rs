@@ -17,6 +17,7 @@ pub mod fake;
 pub mod fakekit;
 pub mod fetch;
 pub mod plan;
+pub mod ql;
 pub mod spec;
 pub mod table;
 

@@ -258,10 +258,12 @@ fn bind_all(
                 let found = spec.filters.iter().enumerate().find(|(_, r)| {
                     r.column == m.column
                         && r.accepts(m.op)
-                        && !bindings
-                            .iter()
-                            .chain(local.iter())
-                            .any(|b| b.target(spec) == r.target())
+                        // Query-language clauses AND together; parameters take one value.
+                        && (r.clause.is_some()
+                            || !bindings
+                                .iter()
+                                .chain(local.iter())
+                                .any(|b| b.target(spec) == r.target()))
                 });
                 // `=` can ride on an IN rule, and IN of one value on an `=` rule.
                 let found = found.or_else(|| {
@@ -273,10 +275,11 @@ fn bind_all(
                     spec.filters.iter().enumerate().find(|(_, r)| {
                         r.column == m.column
                             && r.accepts(alt)
-                            && !bindings
-                                .iter()
-                                .chain(local.iter())
-                                .any(|b| b.target(spec) == r.target())
+                            && (r.clause.is_some()
+                                || !bindings
+                                    .iter()
+                                    .chain(local.iter())
+                                    .any(|b| b.target(spec) == r.target()))
                     })
                 });
                 let Some((idx, rule)) = found else {
@@ -298,6 +301,13 @@ fn bind_all(
                 } else {
                     m.op
                 };
+                // A clause must be writable in the query language (no control characters...).
+                if let (Some(field), Some(ql)) = (&rule.clause, &spec.query_language)
+                    && super::ql::clause(ql.dialect, field, op, rule.format, &values).is_none()
+                {
+                    ok = false;
+                    break;
+                }
                 all_exact &= rule.exact;
                 local.push(Binding {
                     rule: idx,
@@ -468,12 +478,22 @@ fn projected_keys(spec: &TableSpec, projection: &[usize]) -> Option<Vec<String>>
     {
         keys.push(k.split('.').next().unwrap_or(k).to_string());
     }
+    let prefix = f.under.as_deref().map(|u| format!("{u}."));
     for i in projection {
         let path = spec.columns.get(*i)?.path();
         if path == "$" || path.is_empty() {
-            return None;
+            // The whole record: everything, in the API's own spelling if it has one.
+            return f.all.clone().map(|a| vec![a]);
         }
-        keys.push(path.split('.').next().unwrap_or(path).to_string());
+        match &prefix {
+            Some(p) => {
+                if let Some(rest) = path.strip_prefix(p.as_str()) {
+                    keys.push(rest.split('.').next().unwrap_or(rest).to_string());
+                }
+                // Paths outside `under` (Jira's `key`, `id`) come back anyway.
+            }
+            None => keys.push(path.split('.').next().unwrap_or(path).to_string()),
+        }
     }
     let mut seen = std::collections::HashSet::new();
     keys.retain(|k| seen.insert(k.clone()));
@@ -554,8 +574,16 @@ pub fn plan_scan_projected(
     let mut fanouts: Vec<(String, Vec<String>)> = Vec::new();
     let mut pushed = Vec::new();
     let mut body_sets: Vec<(String, Value)> = Vec::new();
+    let mut clauses: Vec<String> = Vec::new();
     for b in &bindings {
         let rule: &FilterRule = &spec.filters[b.rule];
+        if let (Some(field), Some(ql)) = (&rule.clause, &spec.query_language) {
+            if let Some(c) = super::ql::clause(ql.dialect, field, b.op, rule.format, &b.values) {
+                pushed.push(format!("{} {} -> {c}", rule.column, b.op.sql()));
+                clauses.push(c);
+            }
+            continue;
+        }
         let render = |v: &str| match &rule.template {
             Some(t) => t.replace("{value}", v),
             None => v.to_string(),
@@ -592,6 +620,15 @@ pub fn plan_scan_projected(
             }
         } else if let Some(v) = values.into_iter().next() {
             base.push((param.clone(), v));
+        }
+    }
+    if let Some(ql) = &spec.query_language {
+        let text = super::ql::render(&ql.template, &clauses, ql.default_where.as_deref());
+        if let Some(param) = &ql.param {
+            base.retain(|(k, _)| k != param);
+            base.push((param.clone(), text));
+        } else if let Some(pointer) = &ql.body {
+            body_sets.push((pointer.clone(), Value::String(text)));
         }
     }
     let page_size = spec.page_size.as_ref().map(|p| match limit {

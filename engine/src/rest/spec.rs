@@ -58,9 +58,38 @@ pub struct TableSpec {
     /// list includes pull requests, marked by `pull_request`).
     #[serde(default)]
     pub skip_if: Option<String>,
+    /// Filters written as clauses of the API's own query language (Jira's JQL, Salesforce's
+    /// SOQL) into one parameter: rules with `clause` contribute, ANDed.
+    #[serde(default)]
+    pub query_language: Option<QueryLanguage>,
     /// Placeholders whose values span path segments (`{repository}` = `org/repo`).
     #[serde(default)]
     pub multi_segment: Vec<String>,
+}
+
+/// Which query language, so literals are quoted and escaped its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QlDialect {
+    Jql,
+    Soql,
+}
+
+/// One parameter (or body field) holding a query in the API's language.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryLanguage {
+    pub dialect: QlDialect,
+    #[serde(default)]
+    pub param: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The query with `{where}` (the ANDed clauses, or `default_where`) and `{where_clause}`
+    /// (` WHERE ...` or nothing): `"{where} ORDER BY created DESC"`.
+    pub template: String,
+    /// What `{where}` is without any pushed filter (Jira rejects unbounded JQL).
+    #[serde(default)]
+    pub default_where: Option<String>,
 }
 
 /// The parameter that selects response fields: the projected columns' top-level JSON keys.
@@ -73,6 +102,12 @@ pub struct FieldsParam {
     /// Keys always requested (ids that pagination or the API itself needs).
     #[serde(default)]
     pub always: Vec<String>,
+    /// Fields are the keys under this object (Jira's `fields.summary` -> `summary`).
+    #[serde(default)]
+    pub under: Option<String>,
+    /// The value that asks for every field (Jira's `*all`), sent when the whole record is read.
+    #[serde(default)]
+    pub all: Option<String>,
 }
 
 /// `ORDER BY column [ASC|DESC]` -> `param=value` (and `direction_param=asc|desc`).
@@ -287,6 +322,10 @@ pub struct FilterRule {
     pub list: ListStyle,
     #[serde(default = "default_separator")]
     pub separator: String,
+    /// The field this rule constrains in the table's query language (`status`, `assignee`):
+    /// the filter becomes a clause such as `status in ("Done", "Closed")`.
+    #[serde(default)]
+    pub clause: Option<String>,
 }
 
 fn default_separator() -> String {
@@ -310,6 +349,9 @@ impl FilterRule {
 
     /// Where the value goes, for messages and EXPLAIN.
     pub fn target(&self) -> String {
+        if let Some(c) = &self.clause {
+            return format!("clause {c}");
+        }
         match (&self.param, &self.path, &self.body) {
             (Some(p), _, _) => p.clone(),
             (None, Some(p), _) => format!("{{{p}}}"),
@@ -373,6 +415,9 @@ pub enum Pagination {
         more: Option<String>,
         #[serde(default)]
         total: Option<String>,
+        /// Ends when this is true (Jira's `isLast`).
+        #[serde(default)]
+        is_last: Option<String>,
     },
     /// GraphQL Relay connections: `page_info` is the dotted path of `pageInfo`; its
     /// `endCursor` is written at the JSON pointer `cursor` of the body (`/variables/after`)
@@ -423,10 +468,21 @@ impl TableSpec {
             if r.operators().is_empty() {
                 return err(format!("filter on '{}' names no operator", r.column));
             }
-            let targets = [r.param.is_some(), r.path.is_some(), r.body.is_some()];
+            let targets = [
+                r.param.is_some(),
+                r.path.is_some(),
+                r.body.is_some(),
+                r.clause.is_some(),
+            ];
             if targets.iter().filter(|t| **t).count() != 1 {
                 return err(format!(
-                    "filter on '{}' needs exactly one of param, path or body",
+                    "filter on '{}' needs exactly one of param, path, body or clause",
+                    r.column
+                ));
+            }
+            if r.clause.is_some() && self.query_language.is_none() {
+                return err(format!(
+                    "filter on '{}' is a clause, but the table has no query_language",
                     r.column
                 ));
             }
