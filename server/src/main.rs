@@ -43,6 +43,9 @@ enum Commands {
         /// Seed of the generated data.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Latency each fake API call takes, in milliseconds (50 is realistic for benchmarks).
+        #[arg(long, default_value_t = 0)]
+        api_latency: u64,
     },
     /// Run one or more SQL statements and print the results.
     Query {
@@ -72,7 +75,12 @@ enum OutputFormat {
     Json,
 }
 
-fn demo_config(scale: u64, seed: u64) -> Result<Config, String> {
+/// The demo world: the `demo` connection, the SaaS fakes on loopback, and the warehouse files.
+async fn demo_config(
+    scale: u64,
+    seed: u64,
+    api_latency_ms: u64,
+) -> Result<(Config, joinery_providers::demo::world::DemoWorld), String> {
     let mut cfg = Config::default();
     cfg.connections.push(ConnectionSpec {
         name: "demo".into(),
@@ -91,20 +99,20 @@ fn demo_config(scale: u64, seed: u64) -> Result<Config, String> {
         "joinery-demo-{}-{seed}-{scale}",
         std::process::id()
     ));
-    joinery_providers::demo::warehouse::write(&dir, seed, scale).map_err(|e| e.to_string())?;
-    cfg.connections.push(ConnectionSpec {
-        name: "warehouse".into(),
-        kind: "files".into(),
-        base_url: None,
-        options: [(
-            "path".to_string(),
-            serde_json::Value::from(dir.display().to_string()),
-        )]
-        .into_iter()
-        .collect(),
-        base_dir: None,
-    });
-    Ok(cfg)
+    let world = joinery_providers::demo::world::start(
+        seed,
+        scale,
+        joinery_providers::demo::world::default_as_of(),
+        std::time::Duration::from_millis(api_latency_ms),
+        &dir,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    cfg.connections.extend(world.connections.iter().cloned());
+    for (name, fake) in &world.fakes {
+        info!("demo: fake {name} API at {}", fake.base_url());
+    }
+    Ok((cfg, world))
 }
 
 fn init_logging() {
@@ -267,6 +275,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         listen: joinery_server::config::DEFAULT_LISTEN.to_string(),
         scale: 1,
         seed: 42,
+        api_latency: 0,
     });
     match command {
         Commands::Serve { config, listen } => {
@@ -280,8 +289,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             listen,
             scale,
             seed,
+            api_latency,
         } => {
-            let mut cfg = demo_config(scale, seed)?;
+            let (mut cfg, _world) = demo_config(scale, seed, api_latency).await?;
             cfg.server.listen = parse_listen(&listen)?;
             serve(cfg).await
         }
@@ -290,9 +300,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             format,
             sql,
         } => {
-            let cfg = match config {
-                Some(p) => Config::from_file(&p).map_err(|e| e.to_string())?,
-                None => demo_config(1, 42)?,
+            let (cfg, _world) = match config {
+                Some(p) => (Config::from_file(&p).map_err(|e| e.to_string())?, None),
+                None => {
+                    let (c, w) = demo_config(1, 42, 0).await?;
+                    (c, Some(w))
+                }
             };
             let shared = build(&cfg).await.map_err(|e| e.to_string())?;
             let user = std::env::var("USER").unwrap_or_else(|_| "joinery".into());

@@ -3,6 +3,7 @@
 mod cancel;
 mod catalog;
 mod clients;
+mod demo_world;
 mod github;
 mod jira;
 mod pagerduty;

@@ -11,6 +11,7 @@
 
 mod data;
 pub mod warehouse;
+pub mod world;
 
 use std::sync::Arc;
 

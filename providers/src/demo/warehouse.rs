@@ -2,7 +2,8 @@
 //!
 //! - `accounts.csv`: one row per demo customer (id, name, region, plan, arr);
 //! - `revenue/month=YYYY-MM/part-0.parquet`: monthly recurring revenue per account for the
-//!   twelve months before `as_of`, partitioned by month so a month filter reads one file.
+//!   twelve months before `as_of`, partitioned by month so a month filter reads one file;
+//! - `service_accounts.csv`: which accounts depend on which PagerDuty service.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ fn io(path: &Path, e: impl std::fmt::Display) -> JoineryError {
 }
 
 /// Write the warehouse files under `dir` (replacing what is there).
-pub fn write(dir: &Path, seed: u64, scale: u64) -> Result<()> {
+pub fn write(dir: &Path, seed: u64, scale: u64, services: &[(&str, &str)]) -> Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| io(dir, e))?;
     }
@@ -71,6 +72,23 @@ pub fn write(dir: &Path, seed: u64, scale: u64) -> Result<()> {
     let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
     let mut w = datafusion::arrow::csv::Writer::new(file);
     w.write(&accounts).map_err(|e| io(&path, e))?;
+
+    // service_accounts.csv: every account uses one to three services.
+    let mut csv = String::from("service_id,service_name,account_id\n");
+    for i in (0..ids.len()).filter(|_| !services.is_empty()) {
+        let id = ids.value(i);
+        let n = 1 + (id as u64 ^ seed) % 3;
+        for k in 0..n {
+            let (sid, sname) = services[((id as u64).wrapping_mul(7).wrapping_add(k * 3 + seed)
+                % services.len() as u64) as usize];
+            let line = format!("{sid},{sname},{id}\n");
+            if !csv.contains(&format!("{sid},{sname},{id}\n")) {
+                csv.push_str(&line);
+            }
+        }
+    }
+    let path = dir.join("service_accounts.csv");
+    std::fs::write(&path, csv).map_err(|e| io(&path, e))?;
 
     // revenue/month=YYYY-MM/part-0.parquet: MRR grows 1% a month towards today's ARR / 12.
     let schema = Arc::new(Schema::new(vec![

@@ -170,6 +170,34 @@ pub fn generate(
         }
     }
     all.sort_by_key(|(t, _)| *t);
+    // The world always has one open P0: on the second service, two hours old.
+    if let Some(s) = services.get(1 % services.len().max(1)) {
+        let created = as_of - ChronoDuration::hours(2);
+        if let Some((t, v)) = all
+            .iter_mut()
+            .rev()
+            .find(|(_, v)| v["service"]["id"] == s.id.as_str())
+        {
+            *t = created;
+            if let Some(o) = v.as_object_mut() {
+                let number = o.get("incident_number").cloned().unwrap_or(json!(0));
+                let title = format!("{} checkout failures for EU customers", s.name);
+                o.insert("title".into(), json!(title));
+                o.insert("summary".into(), json!(format!("[#{number}] {title}")));
+                o.insert("status".into(), json!("triggered"));
+                o.insert("urgency".into(), json!("high"));
+                o.insert(
+                    "priority".into(),
+                    json!({"id": "PPRI0", "type": "priority_reference", "summary": "P0"}),
+                );
+                o.insert("created_at".into(), json!(ts(created)));
+                o.insert("updated_at".into(), json!(ts(created)));
+                o.insert("last_status_change_at".into(), json!(ts(created)));
+                o.insert("resolved_at".into(), Value::Null);
+            }
+        }
+        all.sort_by_key(|(t, _)| *t);
+    }
     out.incidents = all.into_iter().map(|(_, v)| v).collect();
     out
 }

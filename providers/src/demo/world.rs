@@ -1,0 +1,150 @@
+//! The demo world: one generated company, deterministic from a seed and an `as_of` date, served
+//! by the connectors' own fakes on loopback, plus its warehouse files.
+//!
+//! - GitHub: `acme/api`, `acme/web`, `acme/billing`; pull request titles name Jira issues.
+//! - Jira: projects `PAY`, `WEB`, `OPS`, one scrum board each, two-week sprints, story points.
+//! - PagerDuty: the production services, incidents with priorities P0-P3.
+//! - Warehouse (`kind = "files"`): `accounts.csv` (customers and their ARR), monthly revenue
+//!   (`revenue/month=YYYY-MM/*.parquet`), and `service_accounts.csv` (which customers depend
+//!   on which PagerDuty service).
+//!
+//! Every fake counts requests and takes `api_latency` per call (0 for tests; ~50 ms makes the
+//! benchmarks realistic).
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use joinery_engine::rest::fakekit::FakeServer;
+use joinery_engine::{JoineryError, Result};
+use serde_json::json;
+
+use crate::registry::ConnectionSpec;
+
+/// The repositories, Jira projects and PagerDuty services of the demo company.
+pub const REPOSITORIES: &[&str] = &["acme/api", "acme/web", "acme/billing"];
+pub const JIRA_PROJECTS: &[&str] = &["PAY", "WEB", "OPS"];
+pub const SERVICES: &[(&str, &str)] = &[
+    ("PSVC001", "Checkout API"),
+    ("PSVC002", "Payments"),
+    ("PSVC003", "Search"),
+    ("PSVC004", "Web App"),
+    ("PSVC005", "Billing Jobs"),
+    ("PSVC006", "Notifications"),
+];
+
+/// The demo's credentials (the fakes check them like the real APIs do).
+const GITHUB_TOKEN: &str = "demo-github-token";
+const JIRA_USER: &str = "demo@acme.dev";
+const JIRA_TOKEN: &str = "demo-jira-token";
+const PAGERDUTY_TOKEN: &str = "demo-pagerduty-key";
+
+/// The running fakes; dropping this stops them.
+pub struct DemoWorld {
+    pub fakes: Vec<(String, FakeServer)>,
+    pub connections: Vec<ConnectionSpec>,
+}
+
+fn spec(
+    name: &str,
+    kind: &str,
+    base_url: Option<String>,
+    options: serde_json::Value,
+) -> ConnectionSpec {
+    ConnectionSpec {
+        name: name.into(),
+        kind: kind.into(),
+        base_url,
+        options: options
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+        base_dir: None,
+    }
+}
+
+/// The default `as_of`: the world's "now".
+pub fn default_as_of() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0)
+        .single()
+        .unwrap_or_else(Utc::now)
+}
+
+/// Start every fake of the world on loopback and write the warehouse under `dir`.
+pub async fn start(
+    seed: u64,
+    scale: u64,
+    as_of: DateTime<Utc>,
+    api_latency: Duration,
+    dir: &Path,
+) -> Result<DemoWorld> {
+    let loopback = "127.0.0.1:0"
+        .parse()
+        .map_err(|e| JoineryError::internal(format!("address: {e}")))?;
+    let io = |what: &str, e: std::io::Error| {
+        JoineryError::internal(format!("cannot start the {what} fake: {e}"))
+    };
+    let jira_keys: Vec<String> = JIRA_PROJECTS
+        .iter()
+        .flat_map(|p| (1..=40).map(move |n| format!("{p}-{n}")))
+        .collect();
+
+    let gh = crate::github::fake::generate(seed, as_of, REPOSITORIES, &jira_keys, scale);
+    let (gh, _) = crate::github::fake::start(gh, Some(GITHUB_TOKEN.into()), 5000, loopback)
+        .await
+        .map_err(|e| io("GitHub", e))?;
+    let jira = crate::jira::fake::generate(seed, as_of, JIRA_PROJECTS, 80, scale);
+    let (jira, _) = crate::jira::fake::start(jira, Some((JIRA_USER, JIRA_TOKEN)), 6000, loopback)
+        .await
+        .map_err(|e| io("Jira", e))?;
+    let services: Vec<crate::pagerduty::fake::ServiceDef> = SERVICES
+        .iter()
+        .map(|(id, name)| crate::pagerduty::fake::ServiceDef {
+            id: (*id).into(),
+            name: (*name).into(),
+        })
+        .collect();
+    let pd = crate::pagerduty::fake::generate(seed, as_of, &services, 30, scale);
+    let (pd, _) = crate::pagerduty::fake::start(pd, Some(PAGERDUTY_TOKEN.into()), 960, loopback)
+        .await
+        .map_err(|e| io("PagerDuty", e))?;
+    for f in [&gh, &jira, &pd] {
+        f.set_latency(api_latency);
+    }
+    super::warehouse::write(dir, seed, scale, SERVICES)?;
+
+    let connections = vec![
+        spec(
+            "github",
+            "github",
+            Some(gh.base_url()),
+            json!({"token": GITHUB_TOKEN, "repositories": REPOSITORIES, "cache_ttl_s": 60}),
+        ),
+        spec(
+            "jira",
+            "jira",
+            Some(jira.base_url()),
+            json!({"username": JIRA_USER, "password": JIRA_TOKEN, "cache_ttl_s": 60}),
+        ),
+        spec(
+            "pagerduty",
+            "pagerduty",
+            Some(pd.base_url()),
+            json!({"token": PAGERDUTY_TOKEN, "cache_ttl_s": 60}),
+        ),
+        spec(
+            "warehouse",
+            "files",
+            None,
+            json!({"path": dir.display().to_string()}),
+        ),
+    ];
+    Ok(DemoWorld {
+        fakes: vec![
+            ("github".into(), gh),
+            ("jira".into(), jira),
+            ("pagerduty".into(), pd),
+        ],
+        connections,
+    })
+}

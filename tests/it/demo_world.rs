@@ -1,0 +1,132 @@
+//! The demo world end to end: the brief's Monday-morning question as one SQL statement over
+//! GitHub, Jira, PagerDuty and the warehouse, answered from the fakes with the fewest calls.
+
+use std::time::Duration;
+
+use joinery_providers::demo::world;
+use joinery_tests::{TestServer, text_rows};
+
+/// The question of the README: shipping velocity this quarter against last quarter, and the
+/// open P0 incidents hitting the top-10 customers by ARR.
+pub const BRIEF_QUESTION: &str = "
+WITH merged AS (
+  SELECT p.merged_at, j.story_points
+  FROM github.pull_requests p
+  LEFT JOIN jira.issues j ON j.key = split_part(p.title, ':', 1)
+  WHERE p.state = 'closed' AND p.merged_at >= TIMESTAMP '2026-05-24 12:00:00'
+),
+velocity AS (
+  SELECT count(*) FILTER (WHERE merged_at >= TIMESTAMP '2026-08-22 12:00:00') AS prs_this_quarter,
+         count(*) FILTER (WHERE merged_at <  TIMESTAMP '2026-08-22 12:00:00') AS prs_last_quarter,
+         sum(story_points) FILTER (WHERE merged_at >= TIMESTAMP '2026-08-22 12:00:00') AS points_this_quarter,
+         sum(story_points) FILTER (WHERE merged_at <  TIMESTAMP '2026-08-22 12:00:00') AS points_last_quarter
+  FROM merged
+),
+top_customers AS (SELECT id, name, arr FROM warehouse.accounts ORDER BY arr DESC LIMIT 10),
+p0 AS (
+  SELECT count(DISTINCT i.id) AS open_p0_incidents,
+         string_agg(DISTINCT c.name, ', ') AS top_customers_affected
+  FROM pagerduty.incidents i
+  JOIN warehouse.service_accounts m ON m.service_id = i.service_id
+  JOIN top_customers c ON c.id = m.account_id
+  WHERE i.status <> 'resolved' AND i.priority = 'P0'
+)
+SELECT * FROM velocity CROSS JOIN p0";
+
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => format!("{s:?}"),
+        serde_json::Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+async fn start_world() -> (world::DemoWorld, TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world::start(42, 1, world::default_as_of(), Duration::ZERO, dir.path())
+        .await
+        .expect("world starts");
+    let mut toml = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+    for c in &w.connections {
+        toml.push_str(&format!(
+            "\n[connections.{}]\nkind = \"{}\"\n",
+            c.name, c.kind
+        ));
+        if let Some(b) = &c.base_url {
+            toml.push_str(&format!("base_url = \"{b}\"\n"));
+        }
+        for (k, v) in &c.options {
+            toml.push_str(&format!("{k} = {}\n", toml_value(v)));
+        }
+    }
+    let server = TestServer::with_config(&toml).await;
+    (w, server, dir)
+}
+
+#[tokio::test]
+async fn the_briefs_question_in_one_statement() {
+    let (w, server, _dir) = start_world().await;
+    let client = server.client().await;
+    let rows = text_rows(&client, BRIEF_QUESTION).await;
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    let n = |i: usize| r[i].as_deref().unwrap_or("0").parse::<f64>().unwrap_or(0.0);
+    assert!(
+        n(0) > 0.0 && n(1) > 0.0,
+        "PRs merged in both quarters: {r:?}"
+    );
+    assert!(n(2) > 0.0, "story points of merged PRs' Jira issues: {r:?}");
+    assert!(
+        n(4) >= 1.0,
+        "the world's open P0 reaches a top customer: {r:?}"
+    );
+
+    // The same numbers computed the long way, table by table, locally.
+    let prs = text_rows(
+        &client,
+        "SELECT count(*) FROM github.pull_requests WHERE (state || '') = 'closed' \
+         AND merged_at >= TIMESTAMP '2026-08-22 12:00:00'",
+    )
+    .await;
+    assert_eq!(prs[0][0], r[0], "PRs this quarter");
+
+    // API calls: the minimum the filters allow. GitHub: one page of closed PRs per repository
+    // (3); Jira: 240 issues in pages of 100 (3); PagerDuty: 180 incidents in pages of 100 (2).
+    let calls = text_rows(
+        &client,
+        "SELECT connection, count(*) FROM joinery.api_calls WHERE NOT cache_hit AND method = 'GET' \
+         AND query_id = (SELECT max(query_id) FROM joinery.api_calls WHERE connection = 'pagerduty') \
+         GROUP BY connection ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        calls,
+        vec![
+            vec![Some("github".into()), Some("3".into())],
+            vec![Some("jira".into()), Some("3".into())],
+            vec![Some("pagerduty".into()), Some("2".into())],
+        ]
+    );
+    let gh = &w.fakes[0].1;
+    assert!(
+        gh.requests().iter().all(|r| !r.contains("/issues")),
+        "PR reads only"
+    );
+
+    // EXPLAIN shows every request the question will make.
+    let plan = format!(
+        "{:?}",
+        text_rows(&client, &format!("EXPLAIN {BRIEF_QUESTION}")).await
+    );
+    for want in [
+        "GET /repos/acme/api/pulls",
+        "GET /repos/acme/billing/pulls",
+        "GET /rest/api/3/search/jql",
+        "GET /incidents",
+    ] {
+        assert!(plan.contains(want), "{want} in {plan}");
+    }
+}
