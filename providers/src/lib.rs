@@ -11,6 +11,7 @@ pub mod pagerduty;
 pub mod postgres;
 pub mod registry;
 pub mod rest;
+pub mod salesforce;
 pub mod sqldb;
 
 pub use registry::{BuildContext, ConnectionSpec, ConnectorFactory, factories, factory_for};

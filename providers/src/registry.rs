@@ -82,6 +82,7 @@ pub fn factories() -> Vec<&'static dyn ConnectorFactory> {
         &crate::github::GithubFactory,
         &crate::pagerduty::PagerdutyFactory,
         &crate::jira::JiraFactory,
+        &crate::salesforce::SalesforceFactory,
     ]
 }
 

@@ -8,6 +8,7 @@ mod github;
 mod jira;
 mod pagerduty;
 mod rest;
+mod salesforce;
 mod slt;
 mod types;
 mod warehouse;

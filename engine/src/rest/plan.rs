@@ -500,6 +500,32 @@ fn projected_keys(spec: &TableSpec, projection: &[usize]) -> Option<Vec<String>>
     Some(keys)
 }
 
+/// The select list of a query-language template (`SELECT {fields} FROM Account`): the paths of
+/// the projected columns (every column's when the whole record is read), after `always`.
+fn ql_fields(spec: &TableSpec, projection: Option<&[usize]>, always: &[String]) -> Vec<String> {
+    let wanted: Vec<&super::spec::ColumnSpec> = match projection {
+        Some(p) => p.iter().filter_map(|i| spec.columns.get(*i)).collect(),
+        None => spec.columns.iter().collect(),
+    };
+    let whole = wanted.iter().any(|c| c.path() == "$");
+    let columns: Vec<&super::spec::ColumnSpec> = if whole {
+        spec.columns.iter().collect()
+    } else {
+        wanted
+    };
+    let mut out: Vec<String> = always.to_vec();
+    for c in columns {
+        let p = c.path();
+        if p == "$" || p.starts_with('{') || p.contains('*') {
+            continue;
+        }
+        if !out.iter().any(|x| x.eq_ignore_ascii_case(p)) {
+            out.push(p.to_string());
+        }
+    }
+    out
+}
+
 /// [`plan_scan`] with the columns the query reads, for APIs that can return fewer fields.
 pub fn plan_scan_projected(
     spec: &TableSpec,
@@ -623,7 +649,19 @@ pub fn plan_scan_projected(
         }
     }
     if let Some(ql) = &spec.query_language {
-        let text = super::ql::render(&ql.template, &clauses, ql.default_where.as_deref());
+        let mut text = super::ql::render(&ql.template, &clauses, ql.default_where.as_deref());
+        if text.contains("{fields}") {
+            text = text.replace(
+                "{fields}",
+                &ql_fields(spec, projection, &ql.always).join(", "),
+            );
+        }
+        // Only when every filter was pushed exactly is the API's LIMIT the query's.
+        let lim = match limit {
+            Some(l) if all_exact => format!(" LIMIT {l}"),
+            _ => String::new(),
+        };
+        text = text.replace("{limit}", &lim);
         if let Some(param) = &ql.param {
             base.retain(|(k, _)| k != param);
             base.push((param.clone(), text));

@@ -60,14 +60,12 @@ fn literal(dialect: QlDialect, format: ValueFormat, v: &str, op: FilterOp) -> Op
         (_, ValueFormat::EpochSeconds | ValueFormat::EpochMillis) => {
             v.parse::<i64>().ok().map(|n| n.to_string())
         }
-        _ => {
-            // Numbers unquoted when the whole value is one; everything else a string.
-            if v.parse::<i64>().is_ok() && dialect == QlDialect::Soql {
-                Some(v.to_string())
-            } else {
-                quote(dialect, v)
-            }
-        }
+        (_, ValueFormat::Number) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|_| v.to_string()),
+        _ => quote(dialect, v),
     }
 }
 

@@ -90,6 +90,10 @@ pub struct QueryLanguage {
     /// What `{where}` is without any pushed filter (Jira rejects unbounded JQL).
     #[serde(default)]
     pub default_where: Option<String>,
+    /// Fields `{fields}` always starts with (`Id`); the projected columns' paths follow.
+    /// `{limit}` becomes ` LIMIT n` when the query's LIMIT can be pushed.
+    #[serde(default)]
+    pub always: Vec<String>,
 }
 
 /// The parameter that selects response fields: the projected columns' top-level JSON keys.
@@ -285,6 +289,8 @@ pub enum ValueFormat {
     EpochSeconds,
     EpochMillis,
     Lowercase,
+    /// A number, written unquoted in a query language (`Amount > 1000`).
+    Number,
 }
 
 /// `column op value` -> a request parameter.
