@@ -44,7 +44,7 @@ fn demo_world_has_a_file_warehouse() {
         "--format",
         "csv",
         "SELECT count(*) AS n, count(DISTINCT r.account_id) AS accounts \
-         FROM warehouse.revenue r JOIN demo.customers c ON c.id = r.account_id \
+         FROM warehouse.revenue r JOIN warehouse.accounts a ON a.id = r.account_id \
          WHERE r.month = '2025-12'",
     ]);
     assert!(ok, "{err}");

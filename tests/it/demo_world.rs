@@ -6,8 +6,9 @@ use std::time::Duration;
 use joinery_providers::demo::world;
 use joinery_tests::{TestServer, text_rows};
 
-/// The question of the README: shipping velocity this quarter against last quarter, and the
-/// open P0 incidents hitting the top-10 customers by ARR.
+/// The question of the README: shipping velocity this quarter against last quarter (merged PRs
+/// and the story points of the Jira issues they name), and the open P0 incidents hitting the
+/// top-10 Salesforce accounts by the warehouse's revenue.
 pub const BRIEF_QUESTION: &str = "
 WITH merged AS (
   SELECT p.merged_at, j.story_points
@@ -22,7 +23,11 @@ velocity AS (
          sum(story_points) FILTER (WHERE merged_at <  TIMESTAMP '2026-08-22 12:00:00') AS points_last_quarter
   FROM merged
 ),
-top_customers AS (SELECT id, name, arr FROM warehouse.accounts ORDER BY arr DESC LIMIT 10),
+top_customers AS (
+  SELECT a.id, a.name, sum(r.mrr) AS revenue_12m
+  FROM salesforce.accounts a JOIN warehouse.revenue r ON r.account_id = a.id
+  GROUP BY a.id, a.name ORDER BY revenue_12m DESC LIMIT 10
+),
 p0 AS (
   SELECT count(DISTINCT i.id) AS open_p0_incidents,
          string_agg(DISTINCT c.name, ', ') AS top_customers_affected
@@ -94,7 +99,8 @@ async fn the_briefs_question_in_one_statement() {
     assert_eq!(prs[0][0], r[0], "PRs this quarter");
 
     // API calls: the minimum the filters allow. GitHub: one page of closed PRs per repository
-    // (3); Jira: 240 issues in pages of 100 (3); PagerDuty: 180 incidents in pages of 100 (2).
+    // (3); Jira: 240 issues in pages of 100 (3); PagerDuty: 180 incidents in pages of 100 (2);
+    // Salesforce: 50 accounts in one SOQL batch (1).
     let calls = text_rows(
         &client,
         "SELECT connection, count(*) FROM joinery.api_calls WHERE NOT cache_hit AND method = 'GET' \
@@ -108,6 +114,7 @@ async fn the_briefs_question_in_one_statement() {
             vec![Some("github".into()), Some("3".into())],
             vec![Some("jira".into()), Some("3".into())],
             vec![Some("pagerduty".into()), Some("2".into())],
+            vec![Some("salesforce".into()), Some("1".into())],
         ]
     );
     let gh = &w.fakes[0].1;
@@ -126,6 +133,7 @@ async fn the_briefs_question_in_one_statement() {
         "GET /repos/acme/billing/pulls",
         "GET /rest/api/3/search/jql",
         "GET /incidents",
+        "SELECT Id, Name FROM Account",
     ] {
         assert!(plan.contains(want), "{want} in {plan}");
     }

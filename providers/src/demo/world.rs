@@ -4,6 +4,8 @@
 //! - GitHub: `acme/api`, `acme/web`, `acme/billing`; pull request titles name Jira issues.
 //! - Jira: projects `PAY`, `WEB`, `OPS`, one scrum board each, two-week sprints, story points.
 //! - PagerDuty: the production services, incidents with priorities P0-P3.
+//! - Salesforce: the customers as accounts (their ids key the warehouse), contacts,
+//!   opportunities, cases, and a custom `Tier__c` field.
 //! - Warehouse (`kind = "files"`): `accounts.csv` (customers and their ARR), monthly revenue
 //!   (`revenue/month=YYYY-MM/*.parquet`), and `service_accounts.csv` (which customers depend
 //!   on which PagerDuty service).
@@ -38,6 +40,9 @@ const GITHUB_TOKEN: &str = "demo-github-token";
 const JIRA_USER: &str = "demo@acme.dev";
 const JIRA_TOKEN: &str = "demo-jira-token";
 const PAGERDUTY_TOKEN: &str = "demo-pagerduty-key";
+const SALESFORCE_CLIENT: &str = "demo-salesforce-client";
+const SALESFORCE_SECRET: &str = "demo-salesforce-secret";
+const SALESFORCE_REFRESH: &str = "demo-salesforce-refresh";
 
 /// The running fakes; dropping this stops them.
 pub struct DemoWorld {
@@ -108,7 +113,30 @@ pub async fn start(
     let (pd, _) = crate::pagerduty::fake::start(pd, Some(PAGERDUTY_TOKEN.into()), 960, loopback)
         .await
         .map_err(|e| io("PagerDuty", e))?;
-    for f in [&gh, &jira, &pd] {
+    let accounts: Vec<crate::salesforce::fake::AccountDef> =
+        super::warehouse::accounts(seed, scale)?
+            .into_iter()
+            .map(|a| crate::salesforce::fake::AccountDef {
+                id: a.id,
+                name: a.name,
+                arr: a.arr_cents as f64 / 100.0,
+                country: a.region,
+            })
+            .collect();
+    let sf = crate::salesforce::fake::generate(seed, as_of, &accounts);
+    let (sf, _) = crate::salesforce::fake::start(
+        sf,
+        crate::salesforce::fake::Credentials {
+            client_id: SALESFORCE_CLIENT.into(),
+            client_secret: SALESFORCE_SECRET.into(),
+            refresh_token: SALESFORCE_REFRESH.into(),
+        },
+        2000,
+        loopback,
+    )
+    .await
+    .map_err(|e| io("Salesforce", e))?;
+    for f in [&gh, &jira, &pd, &sf] {
         f.set_latency(api_latency);
     }
     super::warehouse::write(dir, seed, scale, SERVICES)?;
@@ -133,6 +161,18 @@ pub async fn start(
             json!({"token": PAGERDUTY_TOKEN, "cache_ttl_s": 60}),
         ),
         spec(
+            "salesforce",
+            "salesforce",
+            Some(sf.base_url()),
+            json!({
+                "oauth_token_url": format!("{}/services/oauth2/token", sf.base_url()),
+                "client_id": SALESFORCE_CLIENT,
+                "client_secret": SALESFORCE_SECRET,
+                "refresh_token": SALESFORCE_REFRESH,
+                "cache_ttl_s": 60
+            }),
+        ),
+        spec(
             "warehouse",
             "files",
             None,
@@ -144,6 +184,7 @@ pub async fn start(
             ("github".into(), gh),
             ("jira".into(), jira),
             ("pagerduty".into(), pd),
+            ("salesforce".into(), sf),
         ],
         connections,
     })
