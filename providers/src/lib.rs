@@ -13,5 +13,6 @@ pub mod registry;
 pub mod rest;
 pub mod salesforce;
 pub mod sqldb;
+pub mod stripe;
 
 pub use registry::{BuildContext, ConnectionSpec, ConnectorFactory, factories, factory_for};

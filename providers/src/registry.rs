@@ -83,6 +83,7 @@ pub fn factories() -> Vec<&'static dyn ConnectorFactory> {
         &crate::pagerduty::PagerdutyFactory,
         &crate::jira::JiraFactory,
         &crate::salesforce::SalesforceFactory,
+        &crate::stripe::StripeFactory,
     ]
 }
 

@@ -123,6 +123,17 @@ async fn the_briefs_question_in_one_statement() {
         "PR reads only"
     );
 
+    // The tools agree on who the customers are: Stripe's metadata names the Salesforce account,
+    // whose id keys the warehouse.
+    let linked = text_rows(
+        &client,
+        "SELECT count(*), count(r.account_id) FROM stripe.customers c \
+         JOIN salesforce.accounts a ON a.id = c.salesforce_account_id \
+         LEFT JOIN warehouse.revenue r ON r.account_id = a.id AND r.month = '2025-12'",
+    )
+    .await;
+    assert_eq!(linked, vec![vec![Some("50".into()), Some("50".into())]]);
+
     // EXPLAIN shows every request the question will make.
     let plan = format!(
         "{:?}",

@@ -10,6 +10,7 @@ mod pagerduty;
 mod rest;
 mod salesforce;
 mod slt;
+mod stripe;
 mod types;
 mod warehouse;
 mod wire;

@@ -6,6 +6,8 @@
 //! - PagerDuty: the production services, incidents with priorities P0-P3.
 //! - Salesforce: the customers as accounts (their ids key the warehouse), contacts,
 //!   opportunities, cases, and a custom `Tier__c` field.
+//! - Stripe: the paying customers (`metadata.salesforce_account_id` links them), monthly
+//!   subscriptions (some canceled), invoices and charges.
 //! - Warehouse (`kind = "files"`): `accounts.csv` (customers and their ARR), monthly revenue
 //!   (`revenue/month=YYYY-MM/*.parquet`), and `service_accounts.csv` (which customers depend
 //!   on which PagerDuty service).
@@ -40,6 +42,7 @@ const GITHUB_TOKEN: &str = "demo-github-token";
 const JIRA_USER: &str = "demo@acme.dev";
 const JIRA_TOKEN: &str = "demo-jira-token";
 const PAGERDUTY_TOKEN: &str = "demo-pagerduty-key";
+const STRIPE_KEY: &str = "sk_test_demo_key";
 const SALESFORCE_CLIENT: &str = "demo-salesforce-client";
 const SALESFORCE_SECRET: &str = "demo-salesforce-secret";
 const SALESFORCE_REFRESH: &str = "demo-salesforce-refresh";
@@ -113,16 +116,36 @@ pub async fn start(
     let (pd, _) = crate::pagerduty::fake::start(pd, Some(PAGERDUTY_TOKEN.into()), 960, loopback)
         .await
         .map_err(|e| io("PagerDuty", e))?;
-    let accounts: Vec<crate::salesforce::fake::AccountDef> =
-        super::warehouse::accounts(seed, scale)?
-            .into_iter()
-            .map(|a| crate::salesforce::fake::AccountDef {
-                id: a.id,
-                name: a.name,
-                arr: a.arr_cents as f64 / 100.0,
-                country: a.region,
-            })
-            .collect();
+    let demo_accounts = super::warehouse::accounts(seed, scale)?;
+    let customers: Vec<crate::stripe::fake::CustomerDef> = demo_accounts
+        .iter()
+        .map(|a| crate::stripe::fake::CustomerDef {
+            salesforce_account_id: a.id.clone(),
+            name: a.name.clone(),
+            email: format!(
+                "billing@{}.example",
+                a.name
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .collect::<String>()
+                    .to_lowercase()
+            ),
+            monthly_cents: i64::try_from(a.arr_cents / 12).unwrap_or(0),
+        })
+        .collect();
+    let st = crate::stripe::fake::generate(seed, as_of, &customers);
+    let (st, _) = crate::stripe::fake::start(st, Some(STRIPE_KEY.into()), 100, loopback)
+        .await
+        .map_err(|e| io("Stripe", e))?;
+    let accounts: Vec<crate::salesforce::fake::AccountDef> = demo_accounts
+        .into_iter()
+        .map(|a| crate::salesforce::fake::AccountDef {
+            id: a.id,
+            name: a.name,
+            arr: a.arr_cents as f64 / 100.0,
+            country: a.region,
+        })
+        .collect();
     let sf = crate::salesforce::fake::generate(seed, as_of, &accounts);
     let (sf, _) = crate::salesforce::fake::start(
         sf,
@@ -136,7 +159,7 @@ pub async fn start(
     )
     .await
     .map_err(|e| io("Salesforce", e))?;
-    for f in [&gh, &jira, &pd, &sf] {
+    for f in [&gh, &jira, &pd, &sf, &st] {
         f.set_latency(api_latency);
     }
     super::warehouse::write(dir, seed, scale, SERVICES)?;
@@ -173,6 +196,12 @@ pub async fn start(
             }),
         ),
         spec(
+            "stripe",
+            "stripe",
+            Some(st.base_url()),
+            json!({"token": STRIPE_KEY, "cache_ttl_s": 60}),
+        ),
+        spec(
             "warehouse",
             "files",
             None,
@@ -185,6 +214,7 @@ pub async fn start(
             ("jira".into(), jira),
             ("pagerduty".into(), pd),
             ("salesforce".into(), sf),
+            ("stripe".into(), st),
         ],
         connections,
     })
