@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod registry;
 pub mod rest;
 pub mod salesforce;
+pub mod slack;
 pub mod sqldb;
 pub mod stripe;
 

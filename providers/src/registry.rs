@@ -84,6 +84,7 @@ pub fn factories() -> Vec<&'static dyn ConnectorFactory> {
         &crate::jira::JiraFactory,
         &crate::salesforce::SalesforceFactory,
         &crate::stripe::StripeFactory,
+        &crate::slack::SlackFactory,
     ]
 }
 

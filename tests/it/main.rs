@@ -9,6 +9,7 @@ mod jira;
 mod pagerduty;
 mod rest;
 mod salesforce;
+mod slack;
 mod slt;
 mod stripe;
 mod types;

@@ -605,6 +605,35 @@ fn page_batches(
                 }
             };
             w.pages += 1;
+            if let Some(ok) = &w.spec.ok_path
+                && lookup(&page.body, ok) == Some(&Value::Bool(false))
+            {
+                let code = w
+                    .spec
+                    .error_path
+                    .as_deref()
+                    .and_then(|p| lookup(&page.body, p))
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown_error")
+                    .to_string();
+                let kind = match code.as_str() {
+                    "invalid_auth" | "not_authed" | "account_inactive" | "token_revoked"
+                    | "token_expired" => ErrorKind::Unauthenticated,
+                    "ratelimited" => ErrorKind::RateLimited,
+                    "missing_scope" | "not_in_channel" | "no_permission" => {
+                        ErrorKind::PermissionDenied
+                    }
+                    "channel_not_found" | "user_not_found" => ErrorKind::NotFound,
+                    "invalid_cursor" | "invalid_ts_latest" | "invalid_ts_oldest"
+                    | "invalid_arguments" => ErrorKind::InvalidInput,
+                    _ => ErrorKind::BadResponse,
+                };
+                let e = JoineryError::new(kind, format!("the API answered ok=false: {code}"))
+                    .with_connection(w.fetcher.config.connection.clone())
+                    .with_table(w.table.clone());
+                w.next = None;
+                return Some((Err(e), (w, None)));
+            }
             let recs = match records(&page.body, &w.spec.records) {
                 Ok(r) => r,
                 Err(e) => {

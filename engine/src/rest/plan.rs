@@ -184,7 +184,17 @@ pub fn format_value(v: &ScalarValue, format: ValueFormat) -> Option<String> {
         }
     };
     if let Some(us) = micros(v) {
+        let slack = |us: i64| {
+            format!(
+                "{}.{:06}",
+                us.div_euclid(1_000_000),
+                us.rem_euclid(1_000_000)
+            )
+        };
         return match format {
+            ValueFormat::SlackTs => Some(slack(us)),
+            ValueFormat::SlackTsBefore => Some(slack(us - 1)),
+            ValueFormat::SlackTsAfter => Some(slack(us + 1)),
             ValueFormat::EpochSeconds => Some(us.div_euclid(1_000_000).to_string()),
             ValueFormat::EpochMillis => Some(us.div_euclid(1_000).to_string()),
             _ => {
@@ -751,6 +761,9 @@ pub fn plan_scan_projected(
             let mut query = base.clone();
             query.extend(q);
             query.sort();
+            // Query parameter values can be columns too (Slack's `channel`).
+            let mut vars = vars;
+            vars.extend(query.iter().cloned());
             Ok(RequestTemplate {
                 method: spec.method,
                 path,

@@ -54,6 +54,12 @@ pub struct TableSpec {
     /// How long this table's pages stay cached (seconds); the connection's TTL otherwise.
     #[serde(default)]
     pub cache_ttl_s: Option<u64>,
+    /// APIs that answer errors with HTTP 200 (Slack): when this dotted path is `false`, the
+    /// page is an error whose text is at `error_path`.
+    #[serde(default)]
+    pub ok_path: Option<String>,
+    #[serde(default)]
+    pub error_path: Option<String>,
     /// Records where this dotted path holds a value are not rows of the table (GitHub's issues
     /// list includes pull requests, marked by `pull_request`).
     #[serde(default)]
@@ -291,6 +297,12 @@ pub enum ValueFormat {
     Lowercase,
     /// A number, written unquoted in a query language (`Amount > 1000`).
     Number,
+    /// Slack's `ts`: epoch seconds with six decimals (`1512085950.000216`).
+    SlackTs,
+    /// The `ts` one microsecond before the value: `>= t` through an exclusive `oldest`.
+    SlackTsBefore,
+    /// The `ts` one microsecond after the value: `<= t` through an exclusive `latest`.
+    SlackTsAfter,
 }
 
 /// `column op value` -> a request parameter.

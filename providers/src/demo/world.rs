@@ -6,6 +6,7 @@
 //! - PagerDuty: the production services, incidents with priorities P0-P3.
 //! - Salesforce: the customers as accounts (their ids key the warehouse), contacts,
 //!   opportunities, cases, and a custom `Tier__c` field.
+//! - Slack: `#general`, `#eng` and one `#inc-<service>` channel per PagerDuty service.
 //! - Stripe: the paying customers (`metadata.salesforce_account_id` links them), monthly
 //!   subscriptions (some canceled), invoices and charges.
 //! - Warehouse (`kind = "files"`): `accounts.csv` (customers and their ARR), monthly revenue
@@ -43,6 +44,7 @@ const JIRA_USER: &str = "demo@acme.dev";
 const JIRA_TOKEN: &str = "demo-jira-token";
 const PAGERDUTY_TOKEN: &str = "demo-pagerduty-key";
 const STRIPE_KEY: &str = "sk_test_demo_key";
+const SLACK_TOKEN: &str = "xoxb-demo-token";
 const SALESFORCE_CLIENT: &str = "demo-salesforce-client";
 const SALESFORCE_SECRET: &str = "demo-salesforce-secret";
 const SALESFORCE_REFRESH: &str = "demo-salesforce-refresh";
@@ -159,7 +161,26 @@ pub async fn start(
     )
     .await
     .map_err(|e| io("Salesforce", e))?;
-    for f in [&gh, &jira, &pd, &sf, &st] {
+    let mut channels: Vec<(String, String)> = vec![
+        ("general".into(), "Company-wide".into()),
+        ("eng".into(), "Engineering".into()),
+    ];
+    for (id, name) in SERVICES {
+        channels.push((
+            format!("inc-{}", name.to_lowercase().replace(' ', "-")),
+            format!("Incidents on {name} ({id})"),
+        ));
+    }
+    let channel_refs: Vec<(&str, &str)> = channels
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let people: Vec<&str> = crate::github::fake::ENGINEERS.to_vec();
+    let sl = crate::slack::fake::generate(seed, as_of, &channel_refs, &people, 60 * scale);
+    let (sl, _) = crate::slack::fake::start(sl, Some(SLACK_TOKEN.into()), 1000, loopback)
+        .await
+        .map_err(|e| io("Slack", e))?;
+    for f in [&gh, &jira, &pd, &sf, &st, &sl] {
         f.set_latency(api_latency);
     }
     super::warehouse::write(dir, seed, scale, SERVICES)?;
@@ -202,6 +223,12 @@ pub async fn start(
             json!({"token": STRIPE_KEY, "cache_ttl_s": 60}),
         ),
         spec(
+            "slack",
+            "slack",
+            Some(format!("{}/api", sl.base_url())),
+            json!({"token": SLACK_TOKEN, "cache_ttl_s": 60}),
+        ),
+        spec(
             "warehouse",
             "files",
             None,
@@ -215,6 +242,7 @@ pub async fn start(
             ("pagerduty".into(), pd),
             ("salesforce".into(), sf),
             ("stripe".into(), st),
+            ("slack".into(), sl),
         ],
         connections,
     })
