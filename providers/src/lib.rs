@@ -5,6 +5,7 @@ pub mod demo;
 pub mod fakeutil;
 pub mod files;
 pub mod github;
+pub mod hubspot;
 pub mod jira;
 pub mod mysql;
 pub mod pagerduty;

@@ -85,6 +85,7 @@ pub fn factories() -> Vec<&'static dyn ConnectorFactory> {
         &crate::salesforce::SalesforceFactory,
         &crate::stripe::StripeFactory,
         &crate::slack::SlackFactory,
+        &crate::hubspot::HubspotFactory,
     ]
 }
 

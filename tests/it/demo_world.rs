@@ -133,6 +133,17 @@ async fn the_briefs_question_in_one_statement() {
     )
     .await;
     assert_eq!(linked, vec![vec![Some("50".into()), Some("50".into())]]);
+    let hubspot = text_rows(
+        &client,
+        "SELECT count(*) FROM hubspot.companies h JOIN salesforce.accounts a ON a.name = h.name \
+         JOIN stripe.customers c ON c.email = 'billing@' || h.domain",
+    )
+    .await;
+    assert_eq!(
+        hubspot,
+        vec![vec![Some("50".into())]],
+        "HubSpot companies are the same customers"
+    );
 
     // EXPLAIN shows every request the question will make.
     let plan = format!(

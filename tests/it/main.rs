@@ -5,6 +5,7 @@ mod catalog;
 mod clients;
 mod demo_world;
 mod github;
+mod hubspot;
 mod jira;
 mod pagerduty;
 mod rest;

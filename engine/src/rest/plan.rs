@@ -218,6 +218,24 @@ pub fn format_value(v: &ScalarValue, format: ValueFormat) -> Option<String> {
         | ScalarValue::Utf8View(Some(s))
         | ScalarValue::LargeUtf8(Some(s)) => s.clone(),
         ScalarValue::Boolean(Some(b)) => b.to_string(),
+        // `1.5` is a decimal in Postgres-style SQL: written out exactly (`5000.5`).
+        ScalarValue::Decimal128(Some(x), _, scale) => {
+            let scale = u32::try_from(*scale).ok()?;
+            let div = 10i128.checked_pow(scale)?;
+            let (int, frac) = (x / div, (x % div).abs());
+            let sign = if *x < 0 && int == 0 { "-" } else { "" };
+            if scale == 0 {
+                format!("{sign}{int}")
+            } else {
+                let f = format!("{frac:0width$}", width = scale as usize);
+                let f = f.trim_end_matches('0');
+                if f.is_empty() {
+                    format!("{sign}{int}")
+                } else {
+                    format!("{sign}{int}.{f}")
+                }
+            }
+        }
         ScalarValue::Int8(Some(_))
         | ScalarValue::Int16(Some(_))
         | ScalarValue::Int32(Some(_))

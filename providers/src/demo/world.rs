@@ -6,6 +6,7 @@
 //! - PagerDuty: the production services, incidents with priorities P0-P3.
 //! - Salesforce: the customers as accounts (their ids key the warehouse), contacts,
 //!   opportunities, cases, and a custom `Tier__c` field.
+//! - HubSpot: the same companies (linked by domain) and a contact each.
 //! - Slack: `#general`, `#eng` and one `#inc-<service>` channel per PagerDuty service.
 //! - Stripe: the paying customers (`metadata.salesforce_account_id` links them), monthly
 //!   subscriptions (some canceled), invoices and charges.
@@ -45,6 +46,7 @@ const JIRA_TOKEN: &str = "demo-jira-token";
 const PAGERDUTY_TOKEN: &str = "demo-pagerduty-key";
 const STRIPE_KEY: &str = "sk_test_demo_key";
 const SLACK_TOKEN: &str = "xoxb-demo-token";
+const HUBSPOT_TOKEN: &str = "pat-demo-token";
 const SALESFORCE_CLIENT: &str = "demo-salesforce-client";
 const SALESFORCE_SECRET: &str = "demo-salesforce-secret";
 const SALESFORCE_REFRESH: &str = "demo-salesforce-refresh";
@@ -139,6 +141,53 @@ pub async fn start(
     let (st, _) = crate::stripe::fake::start(st, Some(STRIPE_KEY.into()), 100, loopback)
         .await
         .map_err(|e| io("Stripe", e))?;
+    // HubSpot: the same companies, linked by domain, plus a contact each.
+    let domain = |name: &str| {
+        format!(
+            "{}.example",
+            name.chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_lowercase()
+        )
+    };
+    let mut hs = crate::hubspot::fake::HubspotData::default();
+    let mut companies = Vec::new();
+    let mut contacts = Vec::new();
+    for (i, a) in demo_accounts.iter().enumerate() {
+        let created = as_of - chrono::Duration::days(100 + i as i64);
+        companies.push(crate::hubspot::fake::record(
+            i as u64 + 1,
+            &[
+                ("name", Some(a.name.clone())),
+                ("domain", Some(domain(&a.name))),
+                (
+                    "lifecyclestage",
+                    Some(if a.arr_cents > 0 { "customer" } else { "lead" }.to_string()),
+                ),
+                ("annualrevenue", Some(format!("{}", a.arr_cents / 100))),
+                ("country", Some(a.region.clone())),
+            ],
+            created,
+        ));
+        contacts.push(crate::hubspot::fake::record(
+            i as u64 + 1,
+            &[
+                ("email", Some(format!("cto@{}", domain(&a.name)))),
+                ("firstname", Some("Pat".into())),
+                ("lastname", Some(format!("Customer{i}"))),
+                ("company", Some(a.name.clone())),
+                ("lifecyclestage", Some("customer".into())),
+            ],
+            created,
+        ));
+    }
+    hs.objects.insert("companies".into(), companies);
+    hs.objects.insert("contacts".into(), contacts);
+    hs.objects.insert("deals".into(), Vec::new());
+    let (hs, _) = crate::hubspot::fake::start(hs, Some(HUBSPOT_TOKEN.into()), loopback)
+        .await
+        .map_err(|e| io("HubSpot", e))?;
     let accounts: Vec<crate::salesforce::fake::AccountDef> = demo_accounts
         .into_iter()
         .map(|a| crate::salesforce::fake::AccountDef {
@@ -180,7 +229,7 @@ pub async fn start(
     let (sl, _) = crate::slack::fake::start(sl, Some(SLACK_TOKEN.into()), 1000, loopback)
         .await
         .map_err(|e| io("Slack", e))?;
-    for f in [&gh, &jira, &pd, &sf, &st, &sl] {
+    for f in [&gh, &jira, &pd, &sf, &st, &sl, &hs] {
         f.set_latency(api_latency);
     }
     super::warehouse::write(dir, seed, scale, SERVICES)?;
@@ -229,6 +278,12 @@ pub async fn start(
             json!({"token": SLACK_TOKEN, "cache_ttl_s": 60}),
         ),
         spec(
+            "hubspot",
+            "hubspot",
+            Some(hs.base_url()),
+            json!({"token": HUBSPOT_TOKEN, "cache_ttl_s": 60}),
+        ),
+        spec(
             "warehouse",
             "files",
             None,
@@ -243,6 +298,7 @@ pub async fn start(
             ("salesforce".into(), sf),
             ("stripe".into(), st),
             ("slack".into(), sl),
+            ("hubspot".into(), hs),
         ],
         connections,
     })
