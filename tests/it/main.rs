@@ -8,6 +8,7 @@ mod github;
 mod hubspot;
 mod jira;
 mod pagerduty;
+mod rate_limits;
 mod rest;
 mod salesforce;
 mod slack;

@@ -849,7 +849,11 @@ impl Fetcher {
         if remaining >= self.config.concurrency as f64 {
             return;
         }
-        let wait = wait.min(self.config.retry.deadline);
+        // A reset beyond the retry deadline cannot be waited out inside a query: let the next
+        // request meet the API's refusal and fail at once with its message.
+        if wait > self.config.retry.deadline {
+            return;
+        }
         if let Ok(mut p) = self.paused_until.lock() {
             *p = Some(Instant::now() + wait);
         }
