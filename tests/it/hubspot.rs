@@ -144,6 +144,11 @@ async fn hubspot_list_and_search() {
         assert_eq!(a, b, "{pushed}");
         assert!(!a.is_empty(), "{pushed} matched nothing");
     }
+    // Contacts: search by email, equal to the local filter.
+    let a = text_rows(&client, "SELECT id FROM hubspot.contacts WHERE email IN ('p3@x.example', 'P4@X.EXAMPLE') ORDER BY id").await;
+    let b = text_rows(&client, "SELECT id FROM hubspot.contacts WHERE (email || '') IN ('p3@x.example', 'P4@X.EXAMPLE') ORDER BY id").await;
+    assert_eq!(a, b);
+    assert_eq!(a, vec![vec![Some("3".into())]]);
 }
 
 #[tokio::test]

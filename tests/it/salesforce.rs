@@ -161,6 +161,39 @@ async fn salesforce_soql_pushdown() {
         before + 1
     );
 
+    // The other objects: pushed = local for a filter each.
+    for (table, pushed, local) in [
+        (
+            "contacts",
+            "account_id = '001A00000000000007'",
+            "(account_id || '') = '001A00000000000007'",
+        ),
+        (
+            "opportunities",
+            "amount >= 100000 AND stage_name IN ('Closed Won', 'Negotiation')",
+            "(amount + 0) >= 100000 AND (stage_name || '') IN ('Closed Won', 'Negotiation')",
+        ),
+        ("cases", "status = 'Closed'", "(status || '') = 'Closed'"),
+        (
+            "users",
+            "email LIKE 'grace%'",
+            "(email || '') LIKE 'grace%'",
+        ),
+    ] {
+        fake.clear_requests();
+        let q = |w: &str| format!("SELECT id FROM salesforce.{table} WHERE {w} ORDER BY id");
+        let a = text_rows(&client, &q(pushed)).await;
+        let sent = fake
+            .requests()
+            .into_iter()
+            .find(|r| r.contains("/query?"))
+            .unwrap_or_default();
+        assert!(sent.contains("WHERE"), "{table}: {sent}");
+        let b = text_rows(&client, &q(local)).await;
+        assert_eq!(a, b, "{table}: {pushed}");
+        assert!(!a.is_empty(), "{table}: {pushed} matched nothing");
+    }
+
     // Secrets never reach EXPLAIN.
     let plan = format!(
         "{:?}",
