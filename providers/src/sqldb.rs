@@ -269,6 +269,78 @@ pub fn conform(
         .map_err(|e| JoineryError::internal(e.to_string()).with_connection(connection))
 }
 
+/// One column as a database's catalog describes it, already mapped to Arrow (`None`: a type
+/// Joinery cannot read; the column is left out with a warning).
+pub struct CatalogColumn {
+    pub schema: String,
+    pub table: String,
+    pub table_comment: Option<String>,
+    pub column: String,
+    /// The database's own type name, for the warning.
+    pub db_type: String,
+    pub data_type: Option<datafusion::arrow::datatypes::DataType>,
+    pub nullable: bool,
+    pub json: bool,
+    pub comment: Option<String>,
+}
+
+/// The tables of a database connection from its catalog rows (in table, then column order):
+/// fields with descriptions and JSON markers, federated under their Joinery names.
+pub fn catalog_tables(
+    connection: &str,
+    schemas: &[String],
+    federation: &joinery_engine::sqldb::Federation,
+    columns: Vec<CatalogColumn>,
+) -> Vec<joinery_engine::TableEntry> {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use joinery_engine::meta;
+    let mut tables: std::collections::BTreeMap<(String, String), (Vec<Field>, Option<String>)> =
+        std::collections::BTreeMap::new();
+    for c in columns {
+        let entry = tables
+            .entry((c.schema.clone(), c.table.clone()))
+            .or_insert_with(|| {
+                (
+                    Vec::new(),
+                    c.table_comment.clone().filter(|t| !t.is_empty()),
+                )
+            });
+        let Some(dt) = c.data_type else {
+            tracing::warn!(
+                connection,
+                table = %format!("{}.{}", c.schema, c.table),
+                column = %c.column,
+                r#type = %c.db_type,
+                "column left out: type not supported"
+            );
+            continue;
+        };
+        let mut field = Field::new(&c.column, dt, c.nullable);
+        if c.json {
+            field = meta::json_field(field);
+        }
+        if let Some(d) = c.comment.as_deref().filter(|d| !d.is_empty()) {
+            field = meta::described(field, d);
+        }
+        entry.0.push(field);
+    }
+    tables
+        .into_iter()
+        .filter(|(_, (fields, _))| !fields.is_empty())
+        .map(|((schema, table), (fields, comment))| {
+            let arrow = Schema::new(fields);
+            let arrow = match comment.as_deref() {
+                Some(c) => meta::with_table_description(arrow, c),
+                None => Arc::new(arrow),
+            };
+            joinery_engine::TableEntry {
+                name: local_table_name(schemas, &schema, &table),
+                provider: federation.table(&schema, &table, arrow),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

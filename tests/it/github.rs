@@ -303,3 +303,37 @@ async fn github_pull_requests_join_a_postgres_warehouse() {
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await;
 }
+
+#[tokio::test]
+async fn github_owner_lists_its_repositories() {
+    // `owner = "acme"` without a list: the repositories come from /orgs/acme/repos (paged);
+    // an owner that is no organization falls back to /users/{owner}/repos.
+    let as_of = Utc
+        .with_ymd_and_hms(2026, 11, 20, 12, 0, 0)
+        .single()
+        .expect("date");
+    let data = fake::generate(7, as_of, &["acme/api", "acme/web", "other/x"], &[], 1);
+    let (gh, _) = fake::start(data, None, 5000, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("fake");
+    let server = TestServer::with_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connections.github]\nkind = \"github\"\nbase_url = \"{}\"\nowner = \"acme\"\n",
+        gh.base_url()
+    ))
+    .await;
+    let client = server.client().await;
+    let rows = text_rows(
+        &client,
+        "SELECT DISTINCT repository FROM github.pull_requests ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![vec![Some("acme/api".into())], vec![Some("acme/web".into())]]
+    );
+    assert!(
+        gh.requests()[0].starts_with("GET /orgs/acme/repos?per_page=100"),
+        "{:#?}",
+        gh.requests()
+    );
+}

@@ -345,7 +345,7 @@ struct Walker {
 }
 
 /// Parse `Link: <url>; rel="next", <url>; rel="last"`.
-pub fn link_next(page: &Page) -> Option<String> {
+fn link_next(page: &Page) -> Option<String> {
     let header = page.headers.get_all("link");
     for v in header.iter() {
         let Ok(s) = v.to_str() else { continue };
@@ -554,6 +554,56 @@ fn first_call(fetcher: &Fetcher, spec: &TableSpec, t: &RequestTemplate) -> Resul
         url: fetcher.url(&t.path, &q)?,
         body: t.body.clone(),
     })
+}
+
+/// Every value of `column` in `spec`'s records, read (unfiltered) through the same planning and
+/// page walker a scan uses: how a connector discovers what to fan out over at start (GitHub
+/// repositories of an owner, Jira boards) without a pagination loop of its own.
+pub async fn read_column(
+    fetcher: Arc<Fetcher>,
+    spec: TableSpec,
+    vars: &super::plan::Vars,
+    column: &str,
+) -> Result<Vec<String>> {
+    spec.validate()?;
+    let col = spec
+        .columns
+        .iter()
+        .find(|c| c.name == column)
+        .cloned()
+        .ok_or_else(|| JoineryError::internal(format!("{}: no column {column}", spec.name)))?;
+    let plan = super::plan::plan_scan(&spec, &spec.name, vars, &[], None)?;
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new(&col.name, col.data_type.data_type(), true),
+    ]));
+    let columns = Arc::new(vec![col]);
+    let options = CallOptions {
+        records: Some(spec.records.clone()),
+        ..CallOptions::default()
+    };
+    let table = spec.name.clone();
+    let spec = Arc::new(spec);
+    let mut out = Vec::new();
+    for template in plan.requests {
+        let mut pages = Box::pin(page_batches(
+            fetcher.clone(),
+            spec.clone(),
+            table.clone(),
+            template,
+            columns.clone(),
+            schema.clone(),
+            options.clone(),
+        ));
+        while let Some(batch) = pages.next().await {
+            let batch = batch?;
+            let text = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)
+                .map_err(|e| JoineryError::internal(e.to_string()))?;
+            if let Some(a) = text.as_any().downcast_ref::<arrow::array::StringArray>() {
+                out.extend(a.iter().flatten().map(str::to_string));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The pages of one request, as batches, fetched one at a time on demand.

@@ -126,6 +126,24 @@ pub struct RestConnector {
 }
 
 impl RestConnector {
+    /// A connector from its tables' specs as JSON (a connector's own constants).
+    pub fn from_json(
+        kind: impl Into<String>,
+        specs: Vec<serde_json::Value>,
+        fetcher: Arc<Fetcher>,
+        vars: Vars,
+    ) -> Result<Self> {
+        let kind = kind.into();
+        let specs = specs
+            .into_iter()
+            .map(TableSpec::from_json)
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| {
+                crate::error::JoineryError::internal(format!("{kind} table specs: {}", e.message))
+            })?;
+        Self::try_new(kind, specs, fetcher, vars)
+    }
+
     pub fn try_new(
         kind: impl Into<String>,
         specs: Vec<TableSpec>,

@@ -19,7 +19,7 @@ pub mod fake;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use joinery_engine::rest::fetch::HttpCall;
+use joinery_engine::rest::exec::read_column;
 use joinery_engine::rest::plan::Vars;
 use joinery_engine::rest::{RestConnector, TableSpec};
 use joinery_engine::{Connector, ErrorKind, JoineryError, Result, TableEntry};
@@ -309,40 +309,22 @@ impl GithubConnector {
         let Some(owner) = &self.owner else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
         for kind in ["orgs", "users"] {
-            let mut url = Some(self.fetcher.url(
-                &format!("/{kind}/{owner}/repos"),
-                &[("per_page".into(), "100".into())],
-            )?);
-            let mut not_found = false;
-            while let Some(u) = url.take() {
-                let call = HttpCall {
-                    method: joinery_engine::rest::spec::Method::Get,
-                    url: u,
-                    body: None,
-                };
-                let page = match self.fetcher.send("repositories", &call).await {
-                    Ok(p) => p,
-                    Err(e) if e.kind == ErrorKind::NotFound && out.is_empty() => {
-                        not_found = true;
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                };
-                if let Some(items) = page.body.as_array() {
-                    out.extend(
-                        items
-                            .iter()
-                            .filter_map(|r| r.get("full_name").and_then(Value::as_str))
-                            .map(str::to_string),
-                    );
-                }
-                url = joinery_engine::rest::exec::link_next(&page)
-                    .and_then(|l| reqwest::Url::parse(&l).ok());
-            }
-            if !not_found {
-                return Ok(out);
+            let spec = TableSpec::from_json(json!({
+                "name": "repositories",
+                "path": format!("/{kind}/{{owner}}/repos"),
+                "pagination": {"type": "link_header"},
+                "page_size": {"param": "per_page", "max": 100},
+                "columns": [{"name": "full_name", "type": "text"}]
+            }))?;
+            let vars: Vars = [("owner".to_string(), vec![owner.clone()])]
+                .into_iter()
+                .collect();
+            match read_column(self.fetcher.clone(), spec, &vars, "full_name").await {
+                Ok(repos) => return Ok(repos),
+                // Not an organization: try the user of that name.
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
             }
         }
         Err(JoineryError::new(
@@ -361,11 +343,10 @@ impl Connector for GithubConnector {
     async fn tables(&self) -> Result<Vec<TableEntry>> {
         let repos = self.repositories().await?;
         let vars: Vars = [("repository".to_string(), repos)].into_iter().collect();
-        let mut specs = vec![TableSpec::from_json(repositories_table())?];
-        for t in tables() {
-            specs.push(TableSpec::from_json(t)?);
-        }
-        RestConnector::try_new("github", specs, self.fetcher.clone(), vars)?
+        let specs = std::iter::once(repositories_table())
+            .chain(tables())
+            .collect();
+        RestConnector::from_json("github", specs, self.fetcher.clone(), vars)?
             .tables()
             .await
     }

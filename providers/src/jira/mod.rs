@@ -21,7 +21,7 @@ pub mod fake;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use joinery_engine::rest::fetch::HttpCall;
+use joinery_engine::rest::exec::read_column;
 use joinery_engine::rest::plan::Vars;
 use joinery_engine::rest::{RestConnector, TableSpec};
 use joinery_engine::{Connector, Result, TableEntry};
@@ -191,35 +191,16 @@ pub struct JiraConnector {
 impl JiraConnector {
     /// Scrum boards (sprints exist only there), read at start and on refresh.
     async fn scrum_boards(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        let mut start = 0u64;
-        loop {
-            let url = self.fetcher.url(
-                "/rest/agile/1.0/board",
-                &[
-                    ("type".into(), "scrum".into()),
-                    ("startAt".into(), start.to_string()),
-                    ("maxResults".into(), "50".into()),
-                ],
-            )?;
-            let call = HttpCall {
-                method: joinery_engine::rest::spec::Method::Get,
-                url,
-                body: None,
-            };
-            let page = self.fetcher.send("boards", &call).await?;
-            let values = page.body["values"].as_array().cloned().unwrap_or_default();
-            out.extend(
-                values
-                    .iter()
-                    .filter_map(|b| b["id"].as_i64())
-                    .map(|i| i.to_string()),
-            );
-            if values.is_empty() || page.body["isLast"].as_bool() != Some(false) {
-                return Ok(out);
-            }
-            start += values.len() as u64;
-        }
+        let spec = TableSpec::from_json(json!({
+            "name": "boards",
+            "path": "/rest/agile/1.0/board",
+            "query": {"type": "scrum"},
+            "records": "values",
+            "pagination": {"type": "offset", "offset_param": "startAt", "total": "total", "is_last": "isLast"},
+            "page_size": {"param": "maxResults", "max": 50},
+            "columns": [{"name": "id", "type": "bigint"}]
+        }))?;
+        read_column(self.fetcher.clone(), spec, &Vars::new(), "id").await
     }
 }
 
@@ -241,11 +222,8 @@ impl Connector for JiraConnector {
             }
         };
         let vars: Vars = [("board_id".to_string(), boards)].into_iter().collect();
-        let specs = tables(&self.story_points, &self.sprint)
-            .into_iter()
-            .map(TableSpec::from_json)
-            .collect::<Result<Vec<_>>>()?;
-        RestConnector::try_new("jira", specs, self.fetcher.clone(), vars)?
+        let specs = tables(&self.story_points, &self.sprint);
+        RestConnector::from_json("jira", specs, self.fetcher.clone(), vars)?
             .tables()
             .await
     }

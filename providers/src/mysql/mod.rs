@@ -15,26 +15,25 @@
 //! Rows are read in the text protocol and converted with Arrow's casts, so a value that does not
 //! fit its column type is an error, not a NULL.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, BinaryBuilder, RecordBatch, StringBuilder};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::unparser::dialect::{Dialect, MySqlDialect};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use joinery_engine::sqldb::{Federation, RemoteDatabase, Semantics};
-use joinery_engine::{Connector, ErrorKind, JoineryError, Result, TableEntry, meta};
+use joinery_engine::{Connector, ErrorKind, JoineryError, Result, TableEntry};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts, Value};
 use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::registry::{BuildContext, ConnectionSpec, ConnectorFactory};
-use crate::sqldb::{DbOptions, TlsMode, conform, local_table_name};
+use crate::sqldb::{CatalogColumn, DbOptions, TlsMode, catalog_tables, conform};
 
 const BATCH_ROWS: usize = 8192;
 /// MySQL's binary collation: columns in it carry bytes, not text.
@@ -422,60 +421,42 @@ impl Connector for MysqlConnector {
             .exec(sql, self.schemas.clone())
             .await
             .map_err(|e| db_error(&self.db.name, &e))?;
-        let mut tables: BTreeMap<(String, String), (Vec<Field>, String)> = BTreeMap::new();
-        for (
-            schema,
-            table,
-            column,
-            data_type,
-            column_type,
-            precision,
-            scale,
-            nullable,
-            comment,
-            table_comment,
-        ) in rows
-        {
-            let entry = tables
-                .entry((schema.clone(), table.clone()))
-                .or_insert_with(|| (Vec::new(), table_comment));
-            let data_type = data_type.to_ascii_lowercase();
-            let Some(dt) = arrow_type(&data_type, &column_type, precision, scale) else {
-                warn!(
-                    connection = %self.db.name,
-                    table = %format!("{schema}.{table}"),
-                    column = %column,
-                    r#type = %column_type,
-                    "column left out: type not supported"
-                );
-                continue;
-            };
-            let mut field = Field::new(&column, dt, nullable == "YES");
-            if data_type == "json" {
-                field = meta::json_field(field);
-            }
-            if !comment.is_empty() {
-                field = meta::described(field, &comment);
-            }
-            entry.0.push(field);
-        }
-        let mut out = Vec::new();
-        for ((schema, table), (fields, comment)) in tables {
-            if fields.is_empty() {
-                continue;
-            }
-            let arrow = Schema::new(fields);
-            let arrow = if comment.is_empty() {
-                Arc::new(arrow)
-            } else {
-                meta::with_table_description(arrow, &comment)
-            };
-            out.push(TableEntry {
-                name: local_table_name(&self.schemas, &schema, &table),
-                provider: self.federation.table(&schema, &table, arrow),
-            });
-        }
-        Ok(out)
+        let columns = rows
+            .into_iter()
+            .map(
+                |(
+                    schema,
+                    table,
+                    column,
+                    data_type,
+                    column_type,
+                    precision,
+                    scale,
+                    nullable,
+                    comment,
+                    table_comment,
+                )| {
+                    let data_type = data_type.to_ascii_lowercase();
+                    CatalogColumn {
+                        schema,
+                        table,
+                        table_comment: Some(table_comment),
+                        column,
+                        data_type: arrow_type(&data_type, &column_type, precision, scale),
+                        json: data_type == "json",
+                        db_type: column_type,
+                        nullable: nullable == "YES",
+                        comment: Some(comment),
+                    }
+                },
+            )
+            .collect();
+        Ok(catalog_tables(
+            &self.db.name,
+            &self.schemas,
+            &self.federation,
+            columns,
+        ))
     }
 
     async fn check(&self) -> Result<String> {

@@ -17,9 +17,8 @@ pub mod fake;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use joinery_engine::rest::{RestConnector, TableSpec};
-use joinery_engine::{Connector, JoineryError, Result, TableEntry};
+use joinery_engine::rest::RestConnector;
+use joinery_engine::{Connector, Result};
 use serde_json::{Value, json};
 
 use crate::registry::{BuildContext, ConnectionSpec, ConnectorFactory};
@@ -135,30 +134,11 @@ impl ConnectorFactory for PagerdutyFactory {
                 .or_insert_with(|| json!("application/vnd.pagerduty+json;version=2"));
         }
         let fetcher = fetcher_from(&spec, ctx, Some(DEFAULT_BASE))?;
-        let specs = tables()
-            .into_iter()
-            .map(TableSpec::from_json)
-            .collect::<Result<Vec<_>>>()
-            .map_err(|e| JoineryError::internal(format!("pagerduty specs: {}", e.message)))?;
-        Ok(Arc::new(PagerdutyConnector(RestConnector::try_new(
+        Ok(Arc::new(RestConnector::from_json(
             "pagerduty",
-            specs,
+            tables(),
             fetcher,
             Default::default(),
-        )?)))
-    }
-}
-
-#[derive(Debug)]
-struct PagerdutyConnector(RestConnector);
-
-#[async_trait]
-impl Connector for PagerdutyConnector {
-    fn kind(&self) -> &str {
-        "pagerduty"
-    }
-
-    async fn tables(&self) -> Result<Vec<TableEntry>> {
-        self.0.tables().await
+        )?))
     }
 }

@@ -19,13 +19,12 @@
 
 mod types;
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::unparser::dialect::{Dialect, PostgreSqlDialect};
@@ -33,7 +32,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use joinery_engine::sqldb::{Federation, RemoteDatabase, Semantics};
-use joinery_engine::{Connector, ErrorKind, JoineryError, Result, TableEntry, meta};
+use joinery_engine::{Connector, ErrorKind, JoineryError, Result, TableEntry};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{CancelToken, NoTls, RowStream};
@@ -41,7 +40,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::warn;
 
 use crate::registry::{BuildContext, ConnectionSpec, ConnectorFactory};
-use crate::sqldb::{DbOptions, TlsMode, conform, local_table_name, rustls_config};
+use crate::sqldb::{CatalogColumn, DbOptions, TlsMode, catalog_tables, conform, rustls_config};
 use types::{ColumnBuilder, PgType};
 
 /// Rows per Arrow batch read from the database.
@@ -481,67 +480,41 @@ impl Connector for PostgresConnector {
             .await
             .map_err(|e| db_error(&self.db.name, &e))?;
         // (schema, table) -> (fields, table comment)
-        let mut tables: BTreeMap<(String, String), (Vec<Field>, Option<String>)> = BTreeMap::new();
+        let mut columns = Vec::with_capacity(rows.len());
         for row in rows {
             let get = |i: usize| -> Result<Option<String>> {
                 row.try_get::<_, Option<String>>(i)
                     .map_err(|e| JoineryError::internal(format!("catalog query: {e}")))
             };
-            let schema = get(0)?.unwrap_or_default();
-            let table = get(1)?.unwrap_or_default();
-            let column = get(2)?.unwrap_or_default();
             let typname = get(3)?.unwrap_or_default();
             let typtype = get(4)?.unwrap_or_default();
             let elem = get(5)?;
             let elem_typtype = get(6)?.unwrap_or_default();
             let typmod: i32 = row.try_get(7).unwrap_or(-1);
-            let not_null: bool = row.try_get(8).unwrap_or(false);
-            let col_comment = get(9)?;
-            let table_comment = get(10)?;
             let ty = match &elem {
                 Some(e) => {
                     PgType::from_name(e, &elem_typtype, typmod).map(|e| PgType::Array(Box::new(e)))
                 }
                 None => PgType::from_name(&typname, &typtype, typmod),
             };
-            let entry = tables
-                .entry((schema.clone(), table.clone()))
-                .or_insert_with(|| (Vec::new(), table_comment));
-            let Some(ty) = ty else {
-                warn!(
-                    connection = %self.db.name,
-                    table = %format!("{schema}.{table}"),
-                    column = %column,
-                    r#type = %typname,
-                    "column left out: type not supported"
-                );
-                continue;
-            };
-            let mut field = Field::new(&column, ty.declared(), !not_null);
-            if ty.is_json() {
-                field = meta::json_field(field);
-            }
-            if let Some(c) = col_comment.as_deref() {
-                field = meta::described(field, c);
-            }
-            entry.0.push(field);
-        }
-        let mut out = Vec::new();
-        for ((schema, table), (fields, comment)) in tables {
-            if fields.is_empty() {
-                continue;
-            }
-            let arrow = Schema::new(fields);
-            let arrow = match comment.as_deref() {
-                Some(c) => meta::with_table_description(arrow, c),
-                None => Arc::new(arrow),
-            };
-            out.push(TableEntry {
-                name: local_table_name(&self.schemas, &schema, &table),
-                provider: self.federation.table(&schema, &table, arrow),
+            columns.push(CatalogColumn {
+                schema: get(0)?.unwrap_or_default(),
+                table: get(1)?.unwrap_or_default(),
+                table_comment: get(10)?,
+                column: get(2)?.unwrap_or_default(),
+                db_type: typname,
+                json: ty.as_ref().is_some_and(PgType::is_json),
+                data_type: ty.as_ref().map(PgType::declared),
+                nullable: !row.try_get::<_, bool>(8).unwrap_or(false),
+                comment: get(9)?,
             });
         }
-        Ok(out)
+        Ok(catalog_tables(
+            &self.db.name,
+            &self.schemas,
+            &self.federation,
+            columns,
+        ))
     }
 
     async fn check(&self) -> Result<String> {

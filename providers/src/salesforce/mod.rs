@@ -21,8 +21,8 @@ pub mod fake;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use joinery_engine::rest::RestConnector;
 use joinery_engine::rest::fetch::HttpCall;
-use joinery_engine::rest::{RestConnector, TableSpec};
 use joinery_engine::{Connector, Result, TableEntry};
 use serde_json::{Value, json};
 
@@ -304,15 +304,9 @@ impl Connector for SalesforceConnector {
                     cols.push(extra);
                 }
             }
-            specs.push(TableSpec::from_json(table(
-                name,
-                object,
-                description,
-                &cols,
-                &self.version,
-            ))?);
+            specs.push(table(name, object, description, &cols, &self.version));
         }
-        RestConnector::try_new(
+        RestConnector::from_json(
             "salesforce",
             specs,
             self.fetcher.clone(),

@@ -17,9 +17,8 @@ pub mod fake;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use joinery_engine::rest::{RestConnector, TableSpec};
-use joinery_engine::{Connector, JoineryError, Result, TableEntry};
+use joinery_engine::rest::RestConnector;
+use joinery_engine::{Connector, Result};
 use serde_json::{Value, json};
 
 use crate::registry::{BuildContext, ConnectionSpec, ConnectorFactory};
@@ -142,30 +141,11 @@ impl ConnectorFactory for SlackFactory {
             spec.base_url = Some(format!("{b}/"));
         }
         let fetcher = fetcher_from(&spec, ctx, Some(DEFAULT_BASE))?;
-        let specs = tables()
-            .into_iter()
-            .map(TableSpec::from_json)
-            .collect::<Result<Vec<_>>>()
-            .map_err(|e| JoineryError::internal(format!("slack specs: {}", e.message)))?;
-        Ok(Arc::new(SlackConnector(RestConnector::try_new(
+        Ok(Arc::new(RestConnector::from_json(
             "slack",
-            specs,
+            tables(),
             fetcher,
             Default::default(),
-        )?)))
-    }
-}
-
-#[derive(Debug)]
-struct SlackConnector(RestConnector);
-
-#[async_trait]
-impl Connector for SlackConnector {
-    fn kind(&self) -> &str {
-        "slack"
-    }
-
-    async fn tables(&self) -> Result<Vec<TableEntry>> {
-        self.0.tables().await
+        )?))
     }
 }

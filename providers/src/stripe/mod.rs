@@ -15,9 +15,8 @@ pub mod fake;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use joinery_engine::rest::{RestConnector, TableSpec};
-use joinery_engine::{Connector, JoineryError, Result, TableEntry};
+use joinery_engine::rest::RestConnector;
+use joinery_engine::{Connector, Result};
 use serde_json::{Value, json};
 
 use crate::registry::{BuildContext, ConnectionSpec, ConnectorFactory};
@@ -163,30 +162,11 @@ impl ConnectorFactory for StripeFactory {
 
     fn build(&self, spec: &ConnectionSpec, ctx: &BuildContext) -> Result<Arc<dyn Connector>> {
         let fetcher = fetcher_from(spec, ctx, Some(DEFAULT_BASE))?;
-        let specs = tables()
-            .into_iter()
-            .map(TableSpec::from_json)
-            .collect::<Result<Vec<_>>>()
-            .map_err(|e| JoineryError::internal(format!("stripe specs: {}", e.message)))?;
-        Ok(Arc::new(StripeConnector(RestConnector::try_new(
+        Ok(Arc::new(RestConnector::from_json(
             "stripe",
-            specs,
+            tables(),
             fetcher,
             Default::default(),
-        )?)))
-    }
-}
-
-#[derive(Debug)]
-struct StripeConnector(RestConnector);
-
-#[async_trait]
-impl Connector for StripeConnector {
-    fn kind(&self) -> &str {
-        "stripe"
-    }
-
-    async fn tables(&self) -> Result<Vec<TableEntry>> {
-        self.0.tables().await
+        )?))
     }
 }
