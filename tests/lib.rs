@@ -133,3 +133,48 @@ pub fn mysql_parts(url: &str) -> (String, String, String, String) {
     let (host, port) = hostport.split_once(':').unwrap_or((hostport, "3306"));
     (user, host.to_string(), port.to_string(), db.to_string())
 }
+
+/// `select WHERE pushed` and `select WHERE local` give the same rows, and some rows: a filter
+/// pushed into an API answers exactly what DataFusion's own filter over the full scan does
+/// (`local` hides the column from the planner, e.g. `(status || '') = 'open'`).
+pub async fn assert_same_rows(
+    client: &tokio_postgres::Client,
+    select: &str,
+    pushed: &str,
+    local: &str,
+) -> Vec<Vec<Option<String>>> {
+    let a = text_rows(client, &format!("{select} WHERE {pushed} ORDER BY 1, 2")).await;
+    let b = text_rows(client, &format!("{select} WHERE {local} ORDER BY 1, 2")).await;
+    assert_eq!(a, b, "{pushed}  vs  {local}");
+    assert!(
+        !a.is_empty(),
+        "{pushed} matched nothing; the comparison would prove nothing"
+    );
+    a
+}
+
+/// The API refused Joinery's credentials: SQLSTATE HV00N, the connection named, the secret not.
+pub async fn assert_upstream_auth_error(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    connection: &str,
+    secret: &str,
+) -> String {
+    let err = client
+        .simple_query(sql)
+        .await
+        .expect_err("credentials refused");
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert_eq!(sqlstate(&err), "HV00N", "{msg}");
+    assert!(msg.contains(connection), "{msg}");
+    assert!(!msg.contains(secret), "the secret leaked: {msg}");
+    assert_eq!(
+        text_rows(client, "SELECT 1").await.len(),
+        1,
+        "the session goes on"
+    );
+    msg
+}

@@ -3,7 +3,9 @@
 
 use chrono::{TimeZone, Utc};
 use joinery_providers::github::fake;
-use joinery_tests::{TestServer, sqlstate, text_rows};
+use joinery_tests::{
+    TestServer, assert_same_rows, assert_upstream_auth_error, sqlstate, text_rows,
+};
 
 const TOKEN: &str = "ghp_fake_token_123";
 
@@ -25,18 +27,6 @@ async fn setup() -> (joinery_engine::rest::fakekit::FakeServer, TestServer) {
     (server, TestServer::with_config(&config).await)
 }
 
-/// The same query with the filter made unpushable (`(x || '')` hides the column from the
-/// planner), so DataFusion filters the full scan locally.
-async fn same_as_local(client: &tokio_postgres::Client, select: &str, pushed: &str, local: &str) {
-    let a = text_rows(client, &format!("{select} WHERE {pushed} ORDER BY 1, 2")).await;
-    let b = text_rows(client, &format!("{select} WHERE {local} ORDER BY 1, 2")).await;
-    assert_eq!(a, b, "{pushed} vs {local}");
-    assert!(
-        !a.is_empty(),
-        "{pushed} matched nothing; the test would prove nothing"
-    );
-}
-
 #[tokio::test]
 async fn github_pushdown_matches_local_filtering() {
     let (fake, server) = setup().await;
@@ -44,7 +34,7 @@ async fn github_pushdown_matches_local_filtering() {
 
     // state: pushed as state=open; unconstrained scans send state=all.
     fake.clear_requests();
-    same_as_local(
+    assert_same_rows(
         &client,
         "SELECT repository, number, title FROM github.issues",
         "state = 'open'",
@@ -75,7 +65,7 @@ async fn github_pushdown_matches_local_filtering() {
 
     // since (updated_at >=), labels (AND, case-insensitive in GitHub), assignee, creator.
     fake.clear_requests();
-    same_as_local(
+    assert_same_rows(
         &client,
         "SELECT repository, number FROM github.issues",
         "updated_at >= TIMESTAMP '2026-10-01 00:00:00'",
@@ -91,7 +81,7 @@ async fn github_pushdown_matches_local_filtering() {
         fake.requests()
     );
     fake.clear_requests();
-    same_as_local(
+    assert_same_rows(
         &client,
         "SELECT repository, number FROM github.issues",
         "'bug' = ANY(labels)",
@@ -103,7 +93,7 @@ async fn github_pushdown_matches_local_filtering() {
         "{:#?}",
         fake.requests()
     );
-    same_as_local(
+    assert_same_rows(
         &client,
         "SELECT repository, number FROM github.issues",
         "assignee = 'ada-l'",
@@ -127,14 +117,14 @@ async fn github_pushdown_matches_local_filtering() {
     assert_eq!(reqs.len(), 1, "60 PRs fit one page of 100: {reqs:#?}");
 
     // Commits by time range, runs by conclusion, deployments by environment.
-    same_as_local(
+    assert_same_rows(
         &client,
         "SELECT repository, sha FROM github.commits",
         "committed_at >= TIMESTAMP '2026-11-10 00:00:00' AND committed_at < TIMESTAMP '2026-11-15 00:00:00'",
         "(committed_at + INTERVAL '0 seconds') >= TIMESTAMP '2026-11-10 00:00:00' AND (committed_at + INTERVAL '0 seconds') < TIMESTAMP '2026-11-15 00:00:00'",
     )
     .await;
-    same_as_local(
+    assert_same_rows(
         &client,
         "SELECT repository, id FROM github.workflow_runs",
         "conclusion = 'failure'",
@@ -142,7 +132,7 @@ async fn github_pushdown_matches_local_filtering() {
     )
     .await;
     fake.clear_requests();
-    same_as_local(
+    assert_same_rows(
         &client,
         "SELECT repository, id FROM github.deployments",
         "environment = 'production'",
@@ -217,20 +207,13 @@ async fn github_bad_token_is_a_clear_error() {
     );
     let server = TestServer::with_config(&config).await;
     let client = server.client().await;
-    let err = client
-        .simple_query("SELECT * FROM github.issues")
-        .await
-        .expect_err("401");
-    let msg = err
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
-    // The upstream rejected Joinery's credentials: an FDW-class error, not the client's 28000.
-    assert_eq!(sqlstate(&err), "HV00N", "{msg}");
-    assert!(msg.contains("github"), "{msg}");
-    assert!(!msg.contains("wrong-token-xyz"), "{msg}");
-    let rows = text_rows(&client, "SELECT 1").await;
-    assert_eq!(rows.len(), 1, "the session goes on");
+    assert_upstream_auth_error(
+        &client,
+        "SELECT * FROM github.issues",
+        "github",
+        "wrong-token-xyz",
+    )
+    .await;
 }
 
 #[tokio::test]

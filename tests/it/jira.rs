@@ -3,7 +3,7 @@
 
 use chrono::{TimeZone, Utc};
 use joinery_providers::jira::fake;
-use joinery_tests::{TestServer, sqlstate, text_rows};
+use joinery_tests::{TestServer, assert_same_rows, assert_upstream_auth_error, text_rows};
 
 const EMAIL: &str = "me@acme.com";
 const TOKEN: &str = "jira_api_token_555";
@@ -28,14 +28,6 @@ async fn setup(token: &str) -> (joinery_engine::rest::fakekit::FakeServer, TestS
         server.base_url()
     );
     (server, TestServer::with_config(&config).await, n)
-}
-
-async fn same(client: &tokio_postgres::Client, pushed: &str, local: &str) -> usize {
-    let q = |w: &str| format!("SELECT key, status FROM jira.issues WHERE {w} ORDER BY key");
-    let a = text_rows(client, &q(pushed)).await;
-    let b = text_rows(client, &q(local)).await;
-    assert_eq!(a, b, "{pushed}  vs  {local}");
-    a.len()
 }
 
 #[tokio::test]
@@ -86,7 +78,14 @@ async fn jira_where_becomes_jql() {
         ),
     ] {
         fake.clear_requests();
-        let n = same(&client, pushed, local).await;
+        let n = assert_same_rows(
+            &client,
+            "SELECT key, status FROM jira.issues",
+            pushed,
+            local,
+        )
+        .await
+        .len();
         assert!(n > 0, "{pushed} matched nothing");
         let first = fake.requests().into_iter().next().unwrap_or_default();
         assert!(
@@ -160,19 +159,13 @@ async fn jira_where_becomes_jql() {
 async fn jira_bad_credentials() {
     let (_fake, server, _) = setup("not-the-token").await;
     let client = server.client().await;
-    // The board list is read at start; with bad credentials the schema is missing, and a
-    // query names the cause.
-    let err = client
-        .simple_query("SELECT * FROM jira.issues")
-        .await
-        .expect_err("no jira");
-    let msg = err
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
-    assert_eq!(sqlstate(&err), "HV00N", "{msg}");
-    assert!(
-        msg.contains("jira") && !msg.contains("not-the-token"),
-        "{msg}"
-    );
+    // The board list cannot be read at start; the tables still exist and a query names the
+    // cause.
+    assert_upstream_auth_error(
+        &client,
+        "SELECT * FROM jira.issues",
+        "jira",
+        "not-the-token",
+    )
+    .await;
 }

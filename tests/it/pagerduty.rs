@@ -2,7 +2,7 @@
 
 use chrono::{TimeZone, Utc};
 use joinery_providers::pagerduty::fake::{self, ServiceDef};
-use joinery_tests::{TestServer, sqlstate, text_rows};
+use joinery_tests::{TestServer, assert_upstream_auth_error, text_rows};
 
 const TOKEN: &str = "pd_fake_key_987";
 
@@ -104,17 +104,11 @@ async fn pagerduty_pushdown_matches_local_filtering() {
 async fn pagerduty_bad_key_is_a_clear_error() {
     let (_fake, server, _) = setup("wrong-key-000").await;
     let client = server.client().await;
-    let err = client
-        .simple_query("SELECT * FROM pagerduty.incidents")
-        .await
-        .expect_err("401");
-    let msg = err
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
-    assert_eq!(sqlstate(&err), "HV00N", "{msg}");
-    assert!(
-        msg.contains("pagerduty") && !msg.contains("wrong-key-000"),
-        "{msg}"
-    );
+    assert_upstream_auth_error(
+        &client,
+        "SELECT * FROM pagerduty.incidents",
+        "pagerduty",
+        "wrong-key-000",
+    )
+    .await;
 }

@@ -3,7 +3,7 @@
 
 use chrono::{TimeZone, Utc};
 use joinery_providers::slack::fake;
-use joinery_tests::{TestServer, sqlstate, text_rows};
+use joinery_tests::{TestServer, assert_upstream_auth_error, sqlstate, text_rows};
 
 const TOKEN: &str = "xoxb-fake-123";
 
@@ -121,17 +121,12 @@ async fn slack_messages_channels_users() {
 async fn slack_invalid_auth_is_an_error_not_an_empty_table() {
     let (_fake, server) = setup("xoxb-wrong").await;
     let client = server.client().await;
-    let err = client
-        .simple_query("SELECT * FROM slack.channels")
-        .await
-        .expect_err("ok:false");
-    let msg = err
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
-    assert_eq!(sqlstate(&err), "HV00N", "{msg}");
-    assert!(
-        msg.contains("invalid_auth") && !msg.contains("xoxb-wrong"),
-        "{msg}"
-    );
+    let msg = assert_upstream_auth_error(
+        &client,
+        "SELECT * FROM slack.channels",
+        "slack",
+        "xoxb-wrong",
+    )
+    .await;
+    assert!(msg.contains("invalid_auth"), "{msg}");
 }

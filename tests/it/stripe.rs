@@ -2,7 +2,7 @@
 
 use chrono::{TimeZone, Utc};
 use joinery_providers::stripe::fake::{self, CustomerDef};
-use joinery_tests::{TestServer, sqlstate, text_rows};
+use joinery_tests::{TestServer, assert_upstream_auth_error, text_rows};
 
 const KEY: &str = "sk_test_fake_4242";
 
@@ -149,17 +149,11 @@ async fn stripe_pushdown_and_paging() {
 async fn stripe_bad_key() {
     let (_fake, server) = setup("sk_test_wrong_9999").await;
     let client = server.client().await;
-    let err = client
-        .simple_query("SELECT * FROM stripe.customers")
-        .await
-        .expect_err("401");
-    let msg = err
-        .as_db_error()
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
-    assert_eq!(sqlstate(&err), "HV00N", "{msg}");
-    assert!(
-        msg.contains("stripe") && !msg.contains("sk_test_wrong_9999"),
-        "{msg}"
-    );
+    assert_upstream_auth_error(
+        &client,
+        "SELECT * FROM stripe.customers",
+        "stripe",
+        "sk_test_wrong_9999",
+    )
+    .await;
 }
