@@ -194,6 +194,30 @@ async fn salesforce_soql_pushdown() {
         assert!(!a.is_empty(), "{table}: {pushed} matched nothing");
     }
 
+    // ORDER BY a number or datetime ... LIMIT: written into the SOQL (with SQL's NULL
+    // placement), no local sort, paging stops after the first batch.
+    for (col, dir, sent, local_key) in [
+        ("amount", "DESC", "ORDER+BY+Amount+DESC+NULLS+FIRST", "amount + 0"),
+        ("close_date", "ASC", "ORDER+BY+CloseDate+ASC+NULLS+LAST", "CAST(close_date AS TEXT)"),
+        ("created_date", "DESC", "ORDER+BY+CreatedDate+DESC+NULLS+FIRST", "CAST(created_date AS TEXT)"),
+    ] {
+        fake.clear_requests();
+        let q = format!("SELECT {col} FROM salesforce.opportunities ORDER BY {col} {dir} LIMIT 4");
+        let a = text_rows(&client, &q).await;
+        let reqs = fake.requests();
+        assert_eq!(reqs.len(), 1, "{col}: {reqs:#?}");
+        assert!(reqs[0].contains(sent), "{col}: {reqs:#?}");
+        let plan = format!("{:?}", text_rows(&client, &format!("EXPLAIN {q}")).await);
+        assert!(!plan.contains("SortExec"), "{col}: {plan}");
+        let b = text_rows(
+            &client,
+            &format!("SELECT {col} FROM salesforce.opportunities ORDER BY {local_key} {dir} LIMIT 4"),
+        )
+        .await;
+        assert_eq!(a.len(), 4, "{col}");
+        assert_eq!(a, b, "{col}");
+    }
+
     // Secrets never reach EXPLAIN.
     let plan = format!(
         "{:?}",

@@ -184,32 +184,60 @@ impl ExecutionPlan for RestScanExec {
         let Some(rule) = self.spec.sort.iter().find(|r| &r.column == name) else {
             return Ok(SortOrderPushdownResult::Unsupported);
         };
-        let mut params = vec![(rule.param.clone(), rule.value.clone())];
-        match &rule.direction_param {
-            Some(p) => params.push((
-                p.clone(),
+        let mut plan = self.plan.clone();
+        if let Some(field) = &rule.clause {
+            // Written into the query language's `{order_by}` slot, with SQL's NULL placement.
+            let (Some(ql), Some((before, after))) =
+                (&self.spec.query_language, &plan.ql_order_slot)
+            else {
+                return Ok(SortOrderPushdownResult::Unsupported);
+            };
+            let text = format!(
+                "{before} ORDER BY {field} {}{after}",
                 if desc {
-                    rule.desc.clone()
+                    "DESC NULLS FIRST"
                 } else {
-                    rule.asc.clone()
-                },
-            )),
-            None => {
-                if (rule.natural == SortDirection::Desc) != desc {
-                    return Ok(SortOrderPushdownResult::Unsupported);
+                    "ASC NULLS LAST"
+                }
+            );
+            for r in &mut plan.requests {
+                if let Some(param) = &ql.param {
+                    for (k, v) in &mut r.query {
+                        if k == param {
+                            *v = text.clone();
+                        }
+                    }
+                } else if let (Some(pointer), Some(body)) = (&ql.body, &mut r.body) {
+                    super::plan::set_pointer(body, pointer, serde_json::Value::String(text.clone()));
                 }
             }
-        }
-        let mut plan = self.plan.clone();
-        for r in &mut plan.requests {
-            r.query.retain(|(k, _)| !params.iter().any(|(p, _)| p == k));
-            r.query.extend(params.iter().cloned());
-            r.query.sort();
+        } else {
+            let mut params = vec![(rule.param.clone(), rule.value.clone())];
+            match &rule.direction_param {
+                Some(p) => params.push((
+                    p.clone(),
+                    if desc {
+                        rule.desc.clone()
+                    } else {
+                        rule.asc.clone()
+                    },
+                )),
+                None => {
+                    if (rule.natural == SortDirection::Desc) != desc {
+                        return Ok(SortOrderPushdownResult::Unsupported);
+                    }
+                }
+            }
+            for r in &mut plan.requests {
+                r.query.retain(|(k, _)| !params.iter().any(|(p, _)| p == k));
+                r.query.extend(params.iter().cloned());
+                r.query.sort();
+            }
         }
         plan.pushed.push(format!(
             "ORDER BY {name}{} -> {}",
             if desc { " DESC" } else { "" },
-            rule.param
+            rule.clause.as_deref().unwrap_or(&rule.param)
         ));
         let mut exec = self.with_plan(plan);
         if rule.exact {

@@ -419,6 +419,9 @@ pub struct ScanPlan {
     pub page_size: Option<u64>,
     /// Rows wanted at most (only when every filter is Exact).
     pub limit: Option<usize>,
+    /// The query-language text split where the template's `{order_by}` stands, so a pushed
+    /// sort can be written into it later (`None` without such a slot).
+    pub ql_order_slot: Option<(String, String)>,
 }
 
 /// A filter value as JSON: numbers and booleans typed, the rest strings.
@@ -676,20 +679,26 @@ pub fn plan_scan_projected(
             base.push((param.clone(), v));
         }
     }
+    let mut ql_order_slot = None;
     if let Some(ql) = &spec.query_language {
-        let mut text = super::ql::render(&ql.template, &clauses, ql.default_where.as_deref());
-        if text.contains("{fields}") {
-            text = text.replace(
-                "{fields}",
-                &ql_fields(spec, projection, &ql.always).join(", "),
-            );
-        }
+        let fields = ql_fields(spec, projection, &ql.always).join(", ");
         // Only when every filter was pushed exactly is the API's LIMIT the query's.
         let lim = match limit {
             Some(l) if all_exact => format!(" LIMIT {l}"),
             _ => String::new(),
         };
-        text = text.replace("{limit}", &lim);
+        // Literals never hold control characters (`ql::quote` refuses them), so NUL marks
+        // where a pushed ORDER BY goes.
+        let text = super::ql::render(
+            &ql.template,
+            &clauses,
+            ql.default_where.as_deref(),
+            &[("fields", &fields), ("limit", &lim), ("order_by", "\0")],
+        );
+        if let Some((a, b)) = text.split_once('\0') {
+            ql_order_slot = Some((a.to_string(), b.to_string()));
+        }
+        let text = text.replace('\0', "");
         if let Some(param) = &ql.param {
             base.retain(|(k, _)| k != param);
             base.push((param.clone(), text));
@@ -796,6 +805,7 @@ pub fn plan_scan_projected(
         pushed,
         page_size,
         limit: if all_exact { limit } else { None },
+        ql_order_slot,
     })
 }
 

@@ -115,7 +115,12 @@ pub fn clause(
 }
 
 /// The whole query: the template with `{where}` / `{where_clause}` filled.
-pub fn render(template: &str, clauses: &[String], default_where: Option<&str>) -> String {
+pub fn render(
+    template: &str,
+    clauses: &[String],
+    default_where: Option<&str>,
+    extra: &[(&str, &str)],
+) -> String {
     let joined = clauses.join(" AND ");
     let where_ = if clauses.is_empty() {
         default_where.unwrap_or("").to_string()
@@ -129,9 +134,37 @@ pub fn render(template: &str, clauses: &[String], default_where: Option<&str>) -
     } else {
         format!(" WHERE {joined}")
     };
-    template
-        .replace("{where_clause}", &where_clause)
-        .replace("{where}", &where_)
+    let mut slots: Vec<(&str, &str)> = vec![("where_clause", &where_clause), ("where", &where_)];
+    slots.extend_from_slice(extra);
+    fill(template, &slots)
+}
+
+/// Replace each `{name}` of `template` in one pass: text that a slot brings in (a quoted
+/// literal holding `{limit}`, say) is never scanned again. Unknown `{...}` stay as written.
+pub fn fill(template: &str, slots: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after.find('}').and_then(|j| {
+            slots
+                .iter()
+                .find(|(k, _)| *k == &after[..j])
+                .map(|(_, v)| (j, *v))
+        }) {
+            Some((j, v)) => {
+                out.push_str(v);
+                rest = &after[j + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -196,13 +229,32 @@ mod tests {
             render(
                 "{where} ORDER BY created DESC",
                 &clauses,
-                Some("created >= 0")
+                Some("created >= 0"),
+                &[]
             ),
             r#"project in ("PAY", "WEB") AND assignee is EMPTY ORDER BY created DESC"#
         );
         assert_eq!(
-            render("SELECT Id FROM Account{where_clause}", &[], None),
+            render("SELECT Id FROM Account{where_clause}", &[], None, &[]),
             "SELECT Id FROM Account"
+        );
+        // A literal spelling a placeholder is not filled again.
+        let c = clause(
+            QlDialect::Soql,
+            "Name",
+            FilterOp::Eq,
+            ValueFormat::Plain,
+            &["{limit} {where}".into()],
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            render(
+                "SELECT Id FROM Account{where_clause}{limit}",
+                &[c],
+                None,
+                &[("limit", " LIMIT 5")]
+            ),
+            "SELECT Id FROM Account WHERE Name = '{limit} {where}' LIMIT 5"
         );
     }
 }

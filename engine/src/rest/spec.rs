@@ -125,8 +125,14 @@ pub struct FieldsParam {
 #[serde(deny_unknown_fields)]
 pub struct SortRule {
     pub column: String,
+    #[serde(default)]
     pub param: String,
+    #[serde(default)]
     pub value: String,
+    /// The field to name in the query language's `{order_by}` slot (SOQL `ORDER BY Amount DESC
+    /// NULLS FIRST`) instead of a parameter.
+    #[serde(default)]
+    pub clause: Option<String>,
     /// Parameter carrying the direction; without it only `natural` is available.
     #[serde(default)]
     pub direction_param: Option<String>,
@@ -477,6 +483,19 @@ impl TableSpec {
         for r in &self.sort {
             if !seen.contains(r.column.as_str()) {
                 return err(format!("sort on unknown column '{}'", r.column));
+            }
+            match (&r.clause, r.param.is_empty()) {
+                (Some(_), true) if self.query_language.is_some() => {}
+                (Some(_), _) => {
+                    return err(format!(
+                        "sort on '{}': `clause` needs a query_language and no `param`",
+                        r.column
+                    ));
+                }
+                (None, true) => {
+                    return err(format!("sort on '{}' names no `param`", r.column));
+                }
+                (None, false) => {}
             }
         }
         for r in &self.filters {

@@ -141,6 +141,8 @@ struct Soql {
     fields: Vec<String>,
     object: String,
     conds: Vec<Cond>,
+    /// `ORDER BY field [ASC|DESC] [NULLS FIRST|LAST]`: (field, descending, nulls first).
+    order: Vec<(String, bool, bool)>,
     limit: Option<usize>,
 }
 
@@ -287,6 +289,36 @@ fn parse_soql(q: &str) -> Result<Soql, String> {
             }
         }
     }
+    let mut order = Vec::new();
+    if lx.keyword("ORDER") {
+        if !lx.keyword("BY") {
+            return Err("expected BY".into());
+        }
+        loop {
+            let field = lx.word().ok_or("expected a field")?;
+            let desc = if lx.keyword("DESC") {
+                true
+            } else {
+                lx.keyword("ASC");
+                false
+            };
+            // SOQL's default: NULLS FIRST ascending, NULLS LAST descending.
+            let mut nulls_first = !desc;
+            if lx.keyword("NULLS") {
+                nulls_first = if lx.keyword("FIRST") {
+                    true
+                } else if lx.keyword("LAST") {
+                    false
+                } else {
+                    return Err("expected FIRST or LAST".into());
+                };
+            }
+            order.push((field, desc, nulls_first));
+            if !lx.eat(b',') {
+                break;
+            }
+        }
+    }
     let mut limit = None;
     if lx.keyword("LIMIT") {
         limit = Some(lx.word().and_then(|w| w.parse().ok()).ok_or("bad LIMIT")?);
@@ -299,6 +331,7 @@ fn parse_soql(q: &str) -> Result<Soql, String> {
         fields,
         object,
         conds,
+        order,
         limit,
     })
 }
@@ -336,6 +369,20 @@ fn cmp(v: &Value, lit: &Lit) -> Option<std::cmp::Ordering> {
         (Value::Number(n), Lit::Num(l)) => n.as_f64().and_then(|x| x.partial_cmp(l)),
         (Value::Bool(b), Lit::Bool(l)) => Some(b.cmp(l)),
         _ => None,
+    }
+}
+
+/// Salesforce's ordering of two non-null field values: numbers numerically, text
+/// case-insensitively (its collation), datetimes as their ISO text orders.
+fn order_values(x: &Value, y: &Value) -> std::cmp::Ordering {
+    match (x, y) {
+        (Value::Number(a), Value::Number(b)) => a
+            .as_f64()
+            .partial_cmp(&b.as_f64())
+            .unwrap_or(std::cmp::Ordering::Equal),
+        (Value::String(a), Value::String(b)) => a.to_lowercase().cmp(&b.to_lowercase()),
+        (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+        _ => std::cmp::Ordering::Equal,
     }
 }
 
@@ -610,8 +657,29 @@ async fn query(
     let mut rows: Vec<Value> = records
         .iter()
         .filter(|r| parsed.conds.iter().all(|c| matches(r, c)))
-        .map(|r| project(r, &parsed.fields))
+        .cloned()
         .collect();
+    rows.sort_by(|a, b| {
+        for (f, desc, nulls_first) in &parsed.order {
+            let (x, y) = (get_path(a, f), get_path(b, f));
+            let o = match (x.is_null(), y.is_null()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) if *nulls_first => std::cmp::Ordering::Less,
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) if *nulls_first => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                (false, false) => {
+                    let o = order_values(x, y);
+                    if *desc { o.reverse() } else { o }
+                }
+            };
+            if o.is_ne() {
+                return o;
+            }
+        }
+        std::cmp::Ordering::Equal
+    });
+    let mut rows: Vec<Value> = rows.iter().map(|r| project(r, &parsed.fields)).collect();
     if let Some(l) = parsed.limit {
         rows.truncate(l);
     }

@@ -151,9 +151,15 @@ pub fn table(
         .collect();
     columns.push(json!({"name": "raw", "type": "json", "path": "$", "description": "The whole record as Salesforce returned it"}));
     let mut filters = Vec::new();
+    let mut sort = Vec::new();
     for (n, t, p, _) in cols {
         if p.contains('.') {
             continue;
+        }
+        // Numbers and datetimes order in SOQL as in SQL; text follows Salesforce's
+        // case-insensitive collation, so it is sorted locally.
+        if matches!(t.as_str(), "double" | "bigint" | "timestamp" | "date") {
+            sort.push(json!({"column": n, "clause": p, "exact": true}));
         }
         let (ops, exact, format) = match t.as_str() {
             "text" => (
@@ -192,11 +198,12 @@ pub fn table(
         "records": "records",
         "query_language": {
             "dialect": "soql", "param": "q", "always": ["Id"],
-            "template": format!("SELECT {{fields}} FROM {object}{{where_clause}}{{limit}}")
+            "template": format!("SELECT {{fields}} FROM {object}{{where_clause}}{{order_by}}{{limit}}")
         },
         "pagination": {"type": "next_url", "path": "nextRecordsUrl", "done": "done"},
         "columns": columns,
-        "filters": filters
+        "filters": filters,
+        "sort": sort
     })
 }
 
