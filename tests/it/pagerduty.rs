@@ -98,6 +98,34 @@ async fn pagerduty_pushdown_matches_local_filtering() {
     )
     .await;
     assert_eq!(rows, vec![vec![Some("PSVC002".into())]]);
+
+    // ORDER BY created_at / incident_number ... LIMIT: sort_by=field:dir, one page, no local sort.
+    for (order, sent) in [
+        ("created_at DESC", "sort_by=created_at%3Adesc"),
+        ("incident_number", "sort_by=incident_number%3Aasc"),
+    ] {
+        fake.clear_requests();
+        let q = format!(
+            "SELECT id FROM pagerduty.incidents WHERE status IN ('triggered', 'acknowledged') ORDER BY {order} LIMIT 3"
+        );
+        let a = text_rows(&client, &q).await;
+        let reqs = fake.requests();
+        assert_eq!(reqs.len(), 1, "{order}: {reqs:#?}");
+        assert!(reqs[0].contains(sent), "{order}: {reqs:#?}");
+        let plan = format!("{:?}", text_rows(&client, &format!("EXPLAIN {q}")).await);
+        assert!(!plan.contains("SortExec"), "{order}: {plan}");
+        let (col, dir) = order.split_once(' ').unwrap_or((order, "ASC"));
+        let b = text_rows(
+            &client,
+            &format!(
+                "SELECT id FROM pagerduty.incidents WHERE (status || '') IN ('triggered', 'acknowledged') ORDER BY {col} + {} {dir} LIMIT 3",
+                if col == "created_at" { "interval '0 seconds'" } else { "0" }
+            ),
+        )
+        .await;
+        assert_eq!(a.len(), 3, "{order}");
+        assert_eq!(a, b, "{order}");
+    }
 }
 
 #[tokio::test]

@@ -212,8 +212,12 @@ impl ExecutionPlan for RestScanExec {
                 }
             }
         } else {
-            let mut params = vec![(rule.param.clone(), rule.value.clone())];
+            let word = if desc { &rule.desc } else { &rule.asc };
+            // `{dir}` in the value carries the direction (`sort_by=created_at:desc`).
+            let in_value = rule.value.contains("{dir}");
+            let mut params = vec![(rule.param.clone(), rule.value.replace("{dir}", word))];
             match &rule.direction_param {
+                _ if in_value => {}
                 Some(p) => params.push((
                     p.clone(),
                     if desc {

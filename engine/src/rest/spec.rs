@@ -133,7 +133,8 @@ pub struct SortRule {
     /// NULLS FIRST`) instead of a parameter.
     #[serde(default)]
     pub clause: Option<String>,
-    /// Parameter carrying the direction; without it only `natural` is available.
+    /// Parameter carrying the direction; without it (and without `{dir}` in `value`, which
+    /// becomes `asc`/`desc`) only `natural` is available.
     #[serde(default)]
     pub direction_param: Option<String>,
     #[serde(default = "asc_word")]

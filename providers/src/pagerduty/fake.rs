@@ -400,7 +400,18 @@ async fn incidents(
         }
         Some((since, until))
     };
-    let items: Vec<Value> = data
+    // sort_by=field[:asc|:desc], one of PagerDuty's sortable fields.
+    let mut order: Option<(String, bool)> = None;
+    if let Some(sb) = one(&q, "sort_by") {
+        let (field, dir) = sb.split_once(':').unwrap_or((sb, "asc"));
+        if !["incident_number", "created_at", "resolved_at", "urgency"].contains(&field)
+            || !["asc", "desc"].contains(&dir)
+        {
+            return bad("Sort by must be incident_number, created_at, resolved_at or urgency");
+        }
+        order = Some((field.to_string(), dir == "desc"));
+    }
+    let mut items: Vec<Value> = data
         .incidents
         .into_iter()
         .filter(|i| statuses.is_empty() || statuses.iter().any(|s| i["status"] == s.as_str()))
@@ -417,6 +428,22 @@ async fn incidents(
             })
         })
         .collect();
+    if let Some((field, desc)) = order {
+        let key = |i: &Value| -> (Option<i64>, String) {
+            match &i[&field] {
+                Value::Number(n) => (n.as_i64(), String::new()),
+                Value::String(s) => (
+                    None,
+                    parse_time(s).map(|t| t.to_rfc3339()).unwrap_or(s.clone()),
+                ),
+                _ => (None, String::new()),
+            }
+        };
+        items.sort_by(|a, b| {
+            let o = key(a).cmp(&key(b));
+            if desc { o.reverse() } else { o }
+        });
+    }
     match page(items, &q, "incidents") {
         Ok(body) => respond(body, hs),
         Err(r) => *r,

@@ -75,6 +75,10 @@ pub fn tables() -> Vec<Value> {
                     {"column": "status", "ops": ["eq", "in"], "param": "statuses[]", "list": "repeat", "exact": true},
                     {"column": "urgency", "ops": ["eq", "in"], "param": "urgencies[]", "list": "repeat", "exact": true},
                     {"column": "service_id", "ops": ["eq", "in"], "param": "service_ids[]", "list": "repeat", "exact": true}
+                ],
+                "sort": [
+                    {"column": "created_at", "param": "sort_by", "value": "created_at:{dir}", "exact": true},
+                    {"column": "incident_number", "param": "sort_by", "value": "incident_number:{dir}", "exact": true}
                 ]
             }),
             "incidents",
