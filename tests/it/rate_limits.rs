@@ -1,8 +1,9 @@
 //! Each API's own rate-limit signal, from its fake: GitHub's 403 with no requests remaining
 //! (reset an hour away: a clear error at once, not a stalled query) and Stripe's 429 without
-//! `Retry-After` (backoff until the next second: a complete answer). PagerDuty's
-//! `ratelimit-remaining: 0` makes Joinery wait for the window's reset before sending (paced, no
-//! 429), which takes the window's minute, so it is exercised by the fault matrix, not here.
+//! `Retry-After` (backoff until the next second: a complete answer), PagerDuty's
+//! `ratelimit-remaining: 0` (Joinery waits for `ratelimit-reset` before sending: paced, no 429)
+//! and Slack's 429 with `Retry-After` (waited out, the page asked again). The fakes' windows are
+//! shortened to a second so the tests are quick.
 
 use chrono::{TimeZone, Utc};
 use joinery_tests::{TestServer, sqlstate, text_rows};
@@ -87,5 +88,79 @@ async fn stripe_429_without_retry_after_backs_off_to_a_complete_answer() {
         st.request_count() > 3,
         "some pages were refused and retried: {:#?}",
         st.requests()
+    );
+}
+
+#[tokio::test]
+async fn pagerduty_paces_on_its_ratelimit_headers_without_a_429() {
+    use joinery_providers::pagerduty::fake::{self, ServiceDef};
+    let services = vec![ServiceDef {
+        id: "PSVC001".into(),
+        name: "Payments".into(),
+    }];
+    let data = fake::generate(3, as_of(), &services, 350, 1);
+    let total = data.incidents.len();
+    assert!(total > 300, "enough for four pages: {total}");
+    let (pd, state) = fake::start(data, None, 2, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("fake");
+    if let Ok(mut s) = state.lock() {
+        s.set_rate_window(std::time::Duration::from_secs(1));
+    }
+    let server = TestServer::with_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connections.pagerduty]\nkind = \"pagerduty\"\nbase_url = \"{}\"\ntoken = \"k\"\nconcurrency = 1\n",
+        pd.base_url()
+    ))
+    .await;
+    let client = server.client().await;
+    let rows = text_rows(
+        &client,
+        "SELECT count(*), count(DISTINCT id) FROM pagerduty.incidents",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![vec![Some(total.to_string()), Some(total.to_string())]]
+    );
+    assert_eq!(pd.request_count(), total.div_ceil(100), "one request per page");
+    assert_eq!(
+        state.lock().map(|s| s.rate_limited()).unwrap_or(99),
+        0,
+        "ratelimit-remaining: 0 was waited out, never answered 429"
+    );
+}
+
+#[tokio::test]
+async fn slack_429_with_retry_after_is_retried_to_a_complete_answer() {
+    use joinery_providers::slack::fake;
+    let data = fake::generate(2, as_of(), &[("general", "Company-wide")], &["ada"], 450);
+    let (sl, state) = fake::start(data, None, 2, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("fake");
+    if let Ok(mut s) = state.lock() {
+        s.set_rate_window(std::time::Duration::from_secs(1));
+    }
+    let server = TestServer::with_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connections.slack]\nkind = \"slack\"\nbase_url = \"{}/api\"\ntoken = \"xoxb-1\"\nconcurrency = 1\nmax_attempts = 8\n",
+        sl.base_url()
+    ))
+    .await;
+    let client = server.client().await;
+    let rows = text_rows(
+        &client,
+        "SELECT count(*), count(DISTINCT ts) FROM slack.messages WHERE channel_id = 'C00000001'",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![vec![Some("450".into()), Some("450".into())]],
+        "complete, no duplicates"
+    );
+    let refused = state.lock().map(|s| s.rate_limited()).unwrap_or(0);
+    assert!(refused > 0, "the budget of 2 per second was hit");
+    assert_eq!(
+        sl.request_count() as u64,
+        4 + refused,
+        "each refused page was asked again, nothing more"
     );
 }

@@ -174,3 +174,62 @@ async fn knobs(State(state): State<Arc<Mutex<KitState>>>, req: Request, next: Ne
         }
     }
 }
+
+/// A fake API's request budget: `limit` requests per fixed `window` (PagerDuty's and Slack's
+/// minute, Stripe's second). Tests shorten the window to exercise the limits quickly.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    limit: u64,
+    window: Duration,
+    used: u64,
+    start: std::time::Instant,
+    refused: u64,
+}
+
+impl Budget {
+    pub fn new(limit: u64, window: Duration) -> Budget {
+        Budget {
+            limit,
+            window,
+            used: 0,
+            start: std::time::Instant::now(),
+            refused: 0,
+        }
+    }
+
+    /// Requests refused so far for want of budget.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Change the window (and start a fresh one).
+    pub fn set_window(&mut self, window: Duration) {
+        self.window = window;
+        self.used = 0;
+        self.start = std::time::Instant::now();
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Whole seconds until the window resets, at least 1.
+    pub fn reset_secs(&self) -> u64 {
+        let left = self.window.saturating_sub(self.start.elapsed());
+        left.as_secs_f64().ceil().max(1.0) as u64
+    }
+
+    /// Spend one request: `Ok(remaining)` or `Err(seconds until the window resets)`.
+    pub fn take(&mut self) -> Result<u64, u64> {
+        if self.start.elapsed() >= self.window {
+            self.start = std::time::Instant::now();
+            self.used = 0;
+        }
+        if self.used >= self.limit {
+            self.refused += 1;
+            return Err(self.reset_secs());
+        }
+        self.used += 1;
+        Ok(self.limit - self.used)
+    }
+}

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveDateTime, Utc};
+use joinery_engine::rest::fakekit::Budget;
 use serde_json::{Value, json};
 
 use crate::fakeutil::Rng;
@@ -463,9 +464,19 @@ fn matches(issue: &Value, c: &Cond) -> Result<bool, String> {
 pub struct FakeState {
     data: JiraData,
     basic: Option<String>,
-    per_minute: u64,
-    used: u64,
-    window: std::time::Instant,
+    budget: Budget,
+}
+
+impl FakeState {
+    /// Shorten (or lengthen) the rate-limit window, a minute by default.
+    pub fn set_rate_window(&mut self, window: std::time::Duration) {
+        self.budget.set_window(window);
+    }
+
+    /// Requests answered 429 so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.budget.refused()
+    }
 }
 
 pub type Shared = Arc<Mutex<FakeState>>;
@@ -481,9 +492,7 @@ pub fn router(data: JiraData, auth: Option<(&str, &str)>, per_minute: u64) -> (R
     let state = Arc::new(Mutex::new(FakeState {
         data,
         basic,
-        per_minute,
-        used: 0,
-        window: std::time::Instant::now(),
+        budget: Budget::new(per_minute, std::time::Duration::from_secs(60)),
     }));
     let r = Router::new()
         .route("/rest/api/3/search/jql", get(search))
@@ -532,22 +541,19 @@ fn admit(state: &Shared, headers: &HeaderMap) -> Result<JiraData, Box<Response>>
             )));
         }
     }
-    if s.window.elapsed() >= std::time::Duration::from_secs(60) {
-        s.window = std::time::Instant::now();
-        s.used = 0;
-    }
-    if s.used >= s.per_minute {
+    if let Err(reset) = s.budget.take() {
         let mut r = error(StatusCode::TOO_MANY_REQUESTS, &["Rate limit exceeded."]);
         for (k, v) in [
-            ("retry-after", "1"),
-            ("x-ratelimit-remaining", "0"),
-            ("ratelimit-reason", "jira-burst-based"),
+            ("retry-after", reset.to_string()),
+            ("x-ratelimit-remaining", "0".into()),
+            ("ratelimit-reason", "jira-burst-based".into()),
         ] {
-            r.headers_mut().insert(k, HeaderValue::from_static(v));
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                r.headers_mut().insert(k, v);
+            }
         }
         return Err(Box::new(r));
     }
-    s.used += 1;
     Ok(s.data.clone())
 }
 

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use joinery_engine::rest::fakekit::Budget;
 use serde_json::{Value, json};
 
 use crate::fakeutil::{Rng, parse_time, template, ts};
@@ -206,9 +207,19 @@ pub fn generate(
 pub struct FakeState {
     data: PagerdutyData,
     token: Option<String>,
-    per_minute: u64,
-    used: u64,
-    window: std::time::Instant,
+    budget: Budget,
+}
+
+impl FakeState {
+    /// Shorten (or lengthen) the rate-limit window, a minute by default.
+    pub fn set_rate_window(&mut self, window: std::time::Duration) {
+        self.budget.set_window(window);
+    }
+
+    /// Requests answered 429 so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.budget.refused()
+    }
 }
 
 pub type Shared = Arc<Mutex<FakeState>>;
@@ -217,9 +228,7 @@ pub fn router(data: PagerdutyData, token: Option<String>, per_minute: u64) -> (R
     let state = Arc::new(Mutex::new(FakeState {
         data,
         token,
-        per_minute,
-        used: 0,
-        window: std::time::Instant::now(),
+        budget: Budget::new(per_minute, std::time::Duration::from_secs(60)),
     }));
     let r = Router::new()
         .route("/incidents", get(incidents))
@@ -288,33 +297,32 @@ fn admit(
             )));
         }
     }
-    if s.window.elapsed() >= std::time::Duration::from_secs(60) {
-        s.window = std::time::Instant::now();
-        s.used = 0;
-    }
-    if s.used >= s.per_minute {
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            2020,
-            "Rate Limit Exceeded",
-            &[],
-        );
-        for (k, v) in [
-            ("ratelimit-limit", s.per_minute.to_string()),
-            ("ratelimit-remaining", "0".into()),
-            ("ratelimit-reset", "1".into()),
-        ] {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                r.headers_mut().insert(k, v);
+    let limit = s.budget.limit();
+    let remaining = match s.budget.take() {
+        Ok(r) => r,
+        Err(reset) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                2020,
+                "Rate Limit Exceeded",
+                &[],
+            );
+            for (k, v) in [
+                ("ratelimit-limit", limit.to_string()),
+                ("ratelimit-remaining", "0".into()),
+                ("ratelimit-reset", reset.to_string()),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    r.headers_mut().insert(k, v);
+                }
             }
+            return Err(Box::new(r));
         }
-        return Err(Box::new(r));
-    }
-    s.used += 1;
+    };
     let hs = vec![
-        ("ratelimit-limit", s.per_minute.to_string()),
-        ("ratelimit-remaining", (s.per_minute - s.used).to_string()),
-        ("ratelimit-reset", "60".to_string()),
+        ("ratelimit-limit", limit.to_string()),
+        ("ratelimit-remaining", remaining.to_string()),
+        ("ratelimit-reset", s.budget.reset_secs().to_string()),
     ];
     Ok((hs, s.data.clone()))
 }

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use joinery_engine::rest::fakekit::Budget;
 use serde_json::{Value, json};
 
 use crate::fakeutil::Rng;
@@ -70,9 +71,19 @@ pub fn generate(
 pub struct FakeState {
     data: SlackData,
     token: Option<String>,
-    per_minute: u64,
-    used: u64,
-    window: std::time::Instant,
+    budget: Budget,
+}
+
+impl FakeState {
+    /// Shorten (or lengthen) the rate-limit window, a minute by default.
+    pub fn set_rate_window(&mut self, window: std::time::Duration) {
+        self.budget.set_window(window);
+    }
+
+    /// Requests answered 429 so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.budget.refused()
+    }
 }
 
 pub type Shared = Arc<Mutex<FakeState>>;
@@ -86,9 +97,7 @@ pub async fn start(
     let state = Arc::new(Mutex::new(FakeState {
         data,
         token,
-        per_minute,
-        used: 0,
-        window: std::time::Instant::now(),
+        budget: Budget::new(per_minute, std::time::Duration::from_secs(60)),
     }));
     let router = Router::new()
         .route("/api/conversations.list", get(channels))
@@ -121,21 +130,17 @@ fn admit(state: &Shared, headers: &HeaderMap) -> Result<SlackData, Box<Response>
             return Err(Box::new(not_ok("invalid_auth")));
         }
     }
-    if s.window.elapsed() >= std::time::Duration::from_secs(60) {
-        s.window = std::time::Instant::now();
-        s.used = 0;
-    }
-    if s.used >= s.per_minute {
+    if let Err(reset) = s.budget.take() {
         let mut r = (
             StatusCode::TOO_MANY_REQUESTS,
             axum::Json(json!({"ok": false, "error": "ratelimited"})),
         )
             .into_response();
-        r.headers_mut()
-            .insert("retry-after", HeaderValue::from_static("1"));
+        if let Ok(v) = HeaderValue::from_str(&reset.to_string()) {
+            r.headers_mut().insert("retry-after", v);
+        }
         return Err(Box::new(r));
     }
-    s.used += 1;
     Ok(s.data.clone())
 }
 

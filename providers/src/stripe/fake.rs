@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use joinery_engine::rest::fakekit::Budget;
 use serde_json::{Value, json};
 
 use crate::fakeutil::{Rng, template};
@@ -221,9 +222,7 @@ pub fn generate(seed: u64, as_of: DateTime<Utc>, customers: &[CustomerDef]) -> S
 pub struct FakeState {
     data: StripeData,
     key: Option<String>,
-    per_second: u64,
-    used: u64,
-    window: std::time::Instant,
+    budget: Budget,
 }
 
 pub type Shared = Arc<Mutex<FakeState>>;
@@ -237,9 +236,7 @@ pub async fn start(
     let state = Arc::new(Mutex::new(FakeState {
         data,
         key,
-        per_second,
-        used: 0,
-        window: std::time::Instant::now(),
+        budget: Budget::new(per_second, std::time::Duration::from_secs(1)),
     }));
     let router = Router::new()
         .route("/v1/customers", get(|s, h, q| list(s, h, q, "customers")))
@@ -317,11 +314,7 @@ async fn list(
                 );
             }
         }
-        if s.window.elapsed() >= std::time::Duration::from_secs(1) {
-            s.window = std::time::Instant::now();
-            s.used = 0;
-        }
-        if s.used >= s.per_second {
+        if s.budget.take().is_err() {
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "invalid_request_error",
@@ -332,7 +325,6 @@ async fn list(
                 .insert("stripe-should-retry", HeaderValue::from_static("true"));
             return r;
         }
-        s.used += 1;
         s.data.lists.get(name).cloned().unwrap_or_default()
     };
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
