@@ -178,3 +178,44 @@ pub async fn assert_upstream_auth_error(
     );
     msg
 }
+
+/// Filter values that try to break out of a parameter, a query-language literal or a URL.
+pub const HOSTILE_VALUES: &[&str] = &[
+    "O'Brien & Sons",
+    "x' OR '1'='1",
+    "a\" OR key != \"b",
+    "PAY ORDER BY key #",
+    "50%_off",
+    "Ünïcødé ✓",
+    "a&b=c#d?e/../f",
+    "back\\slash",
+    "{limit}{where}",
+];
+
+/// For each hostile value (and `present`, which must match rows): `pushed` and `local` (SQL
+/// with `{v}` standing for the quoted literal) give the same rows, and no statement fails.
+pub async fn assert_hostile_values_safe(
+    client: &tokio_postgres::Client,
+    select: &str,
+    pushed: &str,
+    local: &str,
+    present: &str,
+) {
+    for v in HOSTILE_VALUES.iter().copied().chain([present]) {
+        let lit = format!("'{}'", v.replace('\'', "''"));
+        let a = text_rows(
+            client,
+            &format!("{select} WHERE {} ORDER BY 1", pushed.replace("{v}", &lit)),
+        )
+        .await;
+        let b = text_rows(
+            client,
+            &format!("{select} WHERE {} ORDER BY 1", local.replace("{v}", &lit)),
+        )
+        .await;
+        assert_eq!(a, b, "value {v:?}");
+        if v == present {
+            assert!(!a.is_empty(), "{present:?} matched nothing");
+        }
+    }
+}

@@ -4,7 +4,8 @@
 use chrono::{TimeZone, Utc};
 use joinery_providers::github::fake;
 use joinery_tests::{
-    TestServer, assert_same_rows, assert_upstream_auth_error, sqlstate, text_rows,
+    TestServer, assert_hostile_values_safe, assert_same_rows, assert_upstream_auth_error, sqlstate,
+    text_rows,
 };
 
 const TOKEN: &str = "ghp_fake_token_123";
@@ -145,6 +146,24 @@ async fn github_pushdown_matches_local_filtering() {
             .any(|r| r.contains("environment=production"))
     );
 
+    // Hostile values in labels (comma-joined, re-checked) and environment (exact) parameters.
+    assert_hostile_values_safe(
+        &client,
+        "SELECT id FROM github.issues",
+        "{v} = ANY(labels)",
+        "array_position(labels, {v}) IS NOT NULL",
+        "bug",
+    )
+    .await;
+    assert_hostile_values_safe(
+        &client,
+        "SELECT id FROM github.deployments",
+        "environment = {v}",
+        "(environment || '') = {v}",
+        "production",
+    )
+    .await;
+
     // The repositories table, and a repository value that tries to walk the path.
     let rows = text_rows(
         &client,
@@ -152,6 +171,33 @@ async fn github_pushdown_matches_local_filtering() {
     )
     .await;
     assert_eq!(rows.len(), 2);
+    // full_name narrows the fan-out to the one repository's request.
+    client
+        .simple_query("SET joinery.cache = off")
+        .await
+        .expect("set");
+    fake.clear_requests();
+    let a = text_rows(
+        &client,
+        "SELECT full_name, default_branch FROM github.repositories WHERE full_name = 'acme/web'",
+    )
+    .await;
+    assert_eq!(
+        fake.requests(),
+        vec!["GET /repos/acme/web".to_string()],
+        "one request, for that repository"
+    );
+    let b = text_rows(
+        &client,
+        "SELECT full_name, default_branch FROM github.repositories WHERE (full_name || '') = 'acme/web'",
+    )
+    .await;
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 1);
+    client
+        .simple_query("RESET joinery.cache")
+        .await
+        .expect("reset");
     let err = client
         .simple_query("SELECT * FROM github.issues WHERE repository = 'acme/../admin'")
         .await

@@ -3,7 +3,7 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use joinery_providers::hubspot::fake::{self, HubspotData};
-use joinery_tests::{TestServer, text_rows};
+use joinery_tests::{TestServer, assert_hostile_values_safe, text_rows};
 
 const TOKEN: &str = "pat-na1-fake";
 
@@ -52,7 +52,31 @@ async fn setup(contacts: u64) -> (joinery_engine::rest::fakekit::FakeServer, Tes
     let mut data = HubspotData::default();
     data.objects.insert("companies".into(), companies);
     data.objects.insert("contacts".into(), contacts);
-    data.objects.insert("deals".into(), Vec::new());
+    let deals = (1..=60u64)
+        .map(|i| {
+            fake::record(
+                i,
+                &[
+                    ("dealname", Some(format!("Deal {i}"))),
+                    ("amount", (i % 7 != 0).then(|| format!("{}", i * 2500))),
+                    (
+                        "dealstage",
+                        Some(
+                            ["closedwon", "closedlost", "contractsent"][(i % 3) as usize]
+                                .to_string(),
+                        ),
+                    ),
+                    ("pipeline", Some("default".into())),
+                    (
+                        "closedate",
+                        Some(format!("2026-{:02}-15T00:00:00Z", 1 + i % 12)),
+                    ),
+                ],
+                t0 + Duration::days(i as i64),
+            )
+        })
+        .collect();
+    data.objects.insert("deals".into(), deals);
     let (server, _) = fake::start(
         data,
         Some(TOKEN.into()),
@@ -144,11 +168,45 @@ async fn hubspot_list_and_search() {
         assert_eq!(a, b, "{pushed}");
         assert!(!a.is_empty(), "{pushed} matched nothing");
     }
+    assert_hostile_values_safe(
+        &client,
+        "SELECT id FROM hubspot.companies",
+        "domain = {v}",
+        "(domain || '') = {v}",
+        "c7.example",
+    )
+    .await;
     // Contacts: search by email, equal to the local filter.
     let a = text_rows(&client, "SELECT id FROM hubspot.contacts WHERE email IN ('p3@x.example', 'P4@X.EXAMPLE') ORDER BY id").await;
     let b = text_rows(&client, "SELECT id FROM hubspot.contacts WHERE (email || '') IN ('p3@x.example', 'P4@X.EXAMPLE') ORDER BY id").await;
     assert_eq!(a, b);
     assert_eq!(a, vec![vec![Some("3".into())]]);
+
+    // Deals: stage, amount and close date through search, equal to local filtering.
+    for (pushed, local) in [
+        (
+            "dealstage = 'closedwon' AND amount >= 50000",
+            "(dealstage || '') = 'closedwon' AND (amount + 0) >= 50000",
+        ),
+        (
+            "closedate < TIMESTAMP '2026-04-01 00:00:00' AND amount IS NOT NULL",
+            "(closedate + INTERVAL '0 seconds') < TIMESTAMP '2026-04-01 00:00:00' AND (amount + 0) IS NOT NULL",
+        ),
+    ] {
+        fake.clear_requests();
+        let q = |w: &str| format!("SELECT id, amount FROM hubspot.deals WHERE {w} ORDER BY id");
+        let a = text_rows(&client, &q(pushed)).await;
+        let reqs = fake.requests();
+        assert!(
+            !reqs.is_empty()
+                && reqs
+                    .iter()
+                    .all(|r| r.starts_with("POST /crm/v3/objects/deals/search")),
+            "{pushed}: {reqs:#?}"
+        );
+        assert_eq!(a, text_rows(&client, &q(local)).await, "{pushed}");
+        assert!(!a.is_empty(), "{pushed} matched nothing");
+    }
 }
 
 #[tokio::test]

@@ -135,6 +135,37 @@ async fn jira_where_becomes_jql() {
     // Projects, boards, sprints.
     let rows = text_rows(&client, "SELECT key FROM jira.projects ORDER BY key").await;
     assert_eq!(rows.len(), 3);
+    for (table, pushed, local, sent) in [
+        (
+            "projects",
+            "key IN ('PAY', 'OPS', 'pay')",
+            "(key || '') IN ('PAY', 'OPS', 'pay')",
+            "keys=OPS&keys=PAY&keys=pay",
+        ),
+        (
+            "boards",
+            "project = 'WEB'",
+            "(project || '') = 'WEB'",
+            "projectKeyOrId=WEB",
+        ),
+        (
+            "boards",
+            "type = 'scrum'",
+            "(type || '') = 'scrum'",
+            "type=scrum",
+        ),
+    ] {
+        fake.clear_requests();
+        let q = |w: &str| format!("SELECT id FROM jira.{table} WHERE {w} ORDER BY id");
+        let a = text_rows(&client, &q(pushed)).await;
+        assert!(
+            fake.requests().iter().all(|r| r.contains(sent)),
+            "{pushed}: {:#?}",
+            fake.requests()
+        );
+        assert_eq!(a, text_rows(&client, &q(local)).await, "{pushed}");
+        assert!(!a.is_empty(), "{pushed} matched nothing");
+    }
     let rows = text_rows(
         &client,
         "SELECT count(*) FROM jira.sprints WHERE state = 'active'",

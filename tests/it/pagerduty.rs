@@ -2,7 +2,9 @@
 
 use chrono::{TimeZone, Utc};
 use joinery_providers::pagerduty::fake::{self, ServiceDef};
-use joinery_tests::{TestServer, assert_upstream_auth_error, text_rows};
+use joinery_tests::{
+    TestServer, assert_hostile_values_safe, assert_upstream_auth_error, text_rows,
+};
 
 const TOKEN: &str = "pd_fake_key_987";
 
@@ -98,6 +100,15 @@ async fn pagerduty_pushdown_matches_local_filtering() {
     )
     .await;
     assert_eq!(rows, vec![vec![Some("PSVC002".into())]]);
+
+    assert_hostile_values_safe(
+        &client,
+        "SELECT id FROM pagerduty.services",
+        "name = {v}",
+        "(name || '') = {v}",
+        "Payments",
+    )
+    .await;
 
     // ORDER BY created_at / incident_number ... LIMIT: sort_by=field:dir, one page, no local sort.
     for (order, sent) in [

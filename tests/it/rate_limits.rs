@@ -122,7 +122,11 @@ async fn pagerduty_paces_on_its_ratelimit_headers_without_a_429() {
         rows,
         vec![vec![Some(total.to_string()), Some(total.to_string())]]
     );
-    assert_eq!(pd.request_count(), total.div_ceil(100), "one request per page");
+    assert_eq!(
+        pd.request_count(),
+        total.div_ceil(100),
+        "one request per page"
+    );
     assert_eq!(
         state.lock().map(|s| s.rate_limited()).unwrap_or(99),
         0,

@@ -197,9 +197,24 @@ async fn salesforce_soql_pushdown() {
     // ORDER BY a number or datetime ... LIMIT: written into the SOQL (with SQL's NULL
     // placement), no local sort, paging stops after the first batch.
     for (col, dir, sent, local_key) in [
-        ("amount", "DESC", "ORDER+BY+Amount+DESC+NULLS+FIRST", "amount + 0"),
-        ("close_date", "ASC", "ORDER+BY+CloseDate+ASC+NULLS+LAST", "CAST(close_date AS TEXT)"),
-        ("created_date", "DESC", "ORDER+BY+CreatedDate+DESC+NULLS+FIRST", "CAST(created_date AS TEXT)"),
+        (
+            "amount",
+            "DESC",
+            "ORDER+BY+Amount+DESC+NULLS+FIRST",
+            "amount + 0",
+        ),
+        (
+            "close_date",
+            "ASC",
+            "ORDER+BY+CloseDate+ASC+NULLS+LAST",
+            "CAST(close_date AS TEXT)",
+        ),
+        (
+            "created_date",
+            "DESC",
+            "ORDER+BY+CreatedDate+DESC+NULLS+FIRST",
+            "CAST(created_date AS TEXT)",
+        ),
     ] {
         fake.clear_requests();
         let q = format!("SELECT {col} FROM salesforce.opportunities ORDER BY {col} {dir} LIMIT 4");
@@ -211,7 +226,9 @@ async fn salesforce_soql_pushdown() {
         assert!(!plan.contains("SortExec"), "{col}: {plan}");
         let b = text_rows(
             &client,
-            &format!("SELECT {col} FROM salesforce.opportunities ORDER BY {local_key} {dir} LIMIT 4"),
+            &format!(
+                "SELECT {col} FROM salesforce.opportunities ORDER BY {local_key} {dir} LIMIT 4"
+            ),
         )
         .await;
         assert_eq!(a.len(), 4, "{col}");

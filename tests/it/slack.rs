@@ -113,8 +113,35 @@ async fn slack_messages_channels_users() {
         msg.contains("channel_not_found") && msg.contains("slack"),
         "{msg}"
     );
+    // users.list takes no filter: every user, filtered locally.
     let rows = text_rows(&client, "SELECT count(*) FROM slack.users").await;
     assert_eq!(rows, vec![vec![Some("3".into())]]);
+
+    // Channel kind and archive state as conversations.list's own parameters.
+    for (pushed, local, sent) in [
+        ("is_private", "is_private IS TRUE", "types=private_channel"),
+        (
+            "NOT is_private",
+            "is_private IS FALSE",
+            "types=public_channel",
+        ),
+        (
+            "is_private = true AND is_archived = false",
+            "is_private IS TRUE AND is_archived IS FALSE",
+            "exclude_archived=true",
+        ),
+    ] {
+        fake.clear_requests();
+        let q = |w: &str| format!("SELECT id FROM slack.channels WHERE {w} ORDER BY id");
+        let a = text_rows(&client, &q(pushed)).await;
+        assert!(
+            fake.requests().iter().all(|r| r.contains(sent)),
+            "{pushed}: {:#?}",
+            fake.requests()
+        );
+        assert_eq!(a, text_rows(&client, &q(local)).await, "{pushed}");
+        assert!(!a.is_empty(), "{pushed} matched nothing");
+    }
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 
 use chrono::{TimeZone, Utc};
 use joinery_providers::stripe::fake::{self, CustomerDef};
-use joinery_tests::{TestServer, assert_upstream_auth_error, text_rows};
+use joinery_tests::{
+    TestServer, assert_hostile_values_safe, assert_upstream_auth_error, text_rows,
+};
 
 const KEY: &str = "sk_test_fake_4242";
 
@@ -120,6 +122,14 @@ async fn stripe_pushdown_and_paging() {
     )
     .await;
     assert!(rows.is_empty());
+    assert_hostile_values_safe(
+        &client,
+        "SELECT id FROM stripe.customers",
+        "email = {v}",
+        "(email || '') = {v}",
+        "Billing@Example.com",
+    )
+    .await;
     let rows = text_rows(&client, "SELECT name, salesforce_account_id FROM stripe.customers WHERE email = 'Billing@Example.com'").await;
     assert_eq!(
         rows,

@@ -208,7 +208,11 @@ impl ExecutionPlan for RestScanExec {
                         }
                     }
                 } else if let (Some(pointer), Some(body)) = (&ql.body, &mut r.body) {
-                    super::plan::set_pointer(body, pointer, serde_json::Value::String(text.clone()));
+                    super::plan::set_pointer(
+                        body,
+                        pointer,
+                        serde_json::Value::String(text.clone()),
+                    );
                 }
             }
         } else {

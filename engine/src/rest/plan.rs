@@ -126,6 +126,20 @@ pub fn recognize(e: &Expr) -> Option<Vec<Matched>> {
                 vec![literal(value)?.clone()],
             )
         }
+        // A boolean column alone (`WHERE is_private`, what `= true` simplifies to), or negated.
+        Expr::Column(c) => one(
+            &c.name,
+            FilterOp::Eq,
+            vec![ScalarValue::Boolean(Some(true))],
+        ),
+        Expr::Not(inner) => match inner.as_ref() {
+            Expr::Column(c) => one(
+                &c.name,
+                FilterOp::Eq,
+                vec![ScalarValue::Boolean(Some(false))],
+            ),
+            _ => None,
+        },
         Expr::InList(l) if !l.negated => {
             let c = column_name(&l.expr)?;
             let values: Option<Vec<ScalarValue>> =
@@ -317,7 +331,15 @@ fn bind_all(
                 let values: Option<Vec<String>> = m
                     .values
                     .iter()
-                    .map(|v| format_value(v, rule.format))
+                    .map(|v| {
+                        let s = format_value(v, rule.format)?;
+                        // A value map: only the listed SQL values have an API spelling.
+                        if rule.map.is_empty() {
+                            Some(s)
+                        } else {
+                            rule.map.get(&s).cloned()
+                        }
+                    })
                     .collect();
                 let Some(values) = values else {
                     ok = false;

@@ -351,6 +351,9 @@ pub struct FilterRule {
     /// the filter becomes a clause such as `status in ("Done", "Closed")`.
     #[serde(default)]
     pub clause: Option<String>,
+    /// SQL value -> API value (`{"true": "private_channel"}`); a value not listed is not pushed.
+    #[serde(default)]
+    pub map: std::collections::BTreeMap<String, String>,
 }
 
 fn default_separator() -> String {

@@ -678,9 +678,27 @@ fn start_at_page(items: Vec<Value>, q: &BTreeMap<String, String>, max_cap: usize
     json!({"maxResults": max, "startAt": start, "total": total, "isLast": is_last, "values": values})
 }
 
-async fn projects(State(state): State<Shared>, headers: HeaderMap, Query(q): Q) -> Response {
+/// `keys` may repeat (`?keys=PAY&keys=WEB`); matched exactly.
+async fn projects(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(all): Query<Vec<(String, String)>>,
+) -> Response {
+    let keys: Vec<&str> = all
+        .iter()
+        .filter(|(k, _)| k == "keys")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let q: BTreeMap<String, String> = all.iter().cloned().collect();
     match admit(&state, &headers) {
-        Ok(d) => axum::Json(start_at_page(d.projects, &q, 50)).into_response(),
+        Ok(d) => {
+            let items: Vec<Value> = d
+                .projects
+                .into_iter()
+                .filter(|p| keys.is_empty() || keys.iter().any(|k| p["key"] == *k))
+                .collect();
+            axum::Json(start_at_page(items, &q, 50)).into_response()
+        }
         Err(r) => *r,
     }
 }

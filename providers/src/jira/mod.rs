@@ -54,6 +54,9 @@ pub fn tables(story_points: &str, sprint: &str) -> Vec<Value> {
                 {"name": "project_type", "type": "text", "path": "projectTypeKey"},
                 {"name": "lead", "type": "text", "path": "lead.displayName"},
                 {"name": "raw", "type": "json", "path": "$"}
+            ],
+            "filters": [
+                {"column": "key", "ops": ["eq", "in"], "param": "keys", "list": "repeat", "exact": true}
             ]
         }),
         json!({

@@ -65,7 +65,12 @@ pub fn tables() -> Vec<Value> {
                 c("purpose", "text", "purpose.value", ""),
                 json!({"name": "created", "type": "timestamp", "format": "epoch_seconds"}),
             ],
-            vec![],
+            vec![
+                json!({"column": "is_private", "ops": ["eq"], "param": "types", "exact": true,
+                       "map": {"true": "private_channel", "false": "public_channel"}}),
+                json!({"column": "is_archived", "ops": ["eq"], "param": "exclude_archived", "exact": true,
+                       "map": {"false": "true"}}),
+            ],
             json!({"types": "public_channel,private_channel"}),
         ),
         method(
