@@ -77,15 +77,20 @@ async fn setup(contacts: u64) -> (joinery_engine::rest::fakekit::FakeServer, Tes
         })
         .collect();
     data.objects.insert("deals".into(), deals);
-    let (server, _) = fake::start(
+    let (server, state) = fake::start(
         data,
         Some(TOKEN.into()),
         "127.0.0.1:0".parse().expect("addr"),
     )
     .await
     .expect("fake");
+    // An Enterprise-sized budget, so reading 10,000 contacts takes a second, not ten (the
+    // default pacing against the default budget is in rate_limits.rs).
+    if let Ok(mut s) = state.lock() {
+        s.set_rate_limit(2000, std::time::Duration::from_secs(10));
+    }
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connections.hubspot]\nkind = \"hubspot\"\nbase_url = \"{}\"\ntoken = \"{TOKEN}\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connections.hubspot]\nkind = \"hubspot\"\nbase_url = \"{}\"\ntoken = \"{TOKEN}\"\nrate_limit = 200\n",
         server.base_url()
     );
     (server, TestServer::with_config(&config).await)

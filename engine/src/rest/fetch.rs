@@ -1018,6 +1018,23 @@ impl Fetcher {
                                     retry_after(&headers).or_else(|| rate_limit_reset(&headers)),
                                 ))
                             }
+                            // A quota spelled in the body (a daily allocation spent, say): no
+                            // reset is known, so it is not waited for.
+                            403 if {
+                                let b = snippet().to_ascii_lowercase();
+                                b.contains("limit_exceeded") || b.contains("rate limit")
+                            } =>
+                            {
+                                Err((
+                                    false,
+                                    ErrorKind::RateLimited,
+                                    format!(
+                                        "{method} {shown}: 403 request limit exceeded ({})",
+                                        snippet()
+                                    ),
+                                    None,
+                                ))
+                            }
                             // An expired token: refresh it and try again (once per call).
                             401 if bearer.is_some() && attempt == 1 => {
                                 *self.oauth.lock().await = None;
@@ -1075,7 +1092,14 @@ impl Fetcher {
                 .map(|w| w.max(Duration::from_millis(1)))
                 .unwrap_or(jitter);
             let out_of_time = started.elapsed() + wait > policy.deadline;
-            if !retryable || attempt >= policy.max_attempts || out_of_time {
+            // A 429 is back-pressure, not a failure: it may be retried until the deadline (an
+            // API with a ten-second window and no Retry-After outlasts five short backoffs).
+            let attempts = if kind == ErrorKind::RateLimited {
+                policy.max_attempts.max(RATE_LIMITED_ATTEMPTS)
+            } else {
+                policy.max_attempts
+            };
+            if !retryable || attempt >= attempts || out_of_time {
                 let msg = if retryable {
                     format!("{msg}; gave up after {attempt} attempt(s)")
                 } else {
@@ -1088,6 +1112,9 @@ impl Fetcher {
         }
     }
 }
+
+/// Attempts a rate-limited call gets at least (the retry deadline bounds them too).
+const RATE_LIMITED_ATTEMPTS: u32 = 12;
 
 #[cfg(test)]
 mod tests {

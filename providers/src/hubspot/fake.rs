@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use joinery_engine::rest::fakekit::Budget;
 use serde_json::{Value, json};
 
 use crate::fakeutil::parse_time;
@@ -61,6 +62,20 @@ pub fn record(id: u64, props: &[(&str, Option<String>)], created: DateTime<Utc>)
 pub struct FakeState {
     data: HubspotData,
     token: Option<String>,
+    /// Private-app budget: 100 requests per rolling 10 seconds (Free/Starter).
+    budget: Budget,
+}
+
+impl FakeState {
+    /// Change the request budget (`limit` per `window`).
+    pub fn set_rate_limit(&mut self, limit: u64, window: std::time::Duration) {
+        self.budget = Budget::new(limit, window);
+    }
+
+    /// Requests answered 429 so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.budget.refused()
+    }
 }
 
 pub type Shared = Arc<Mutex<FakeState>>;
@@ -70,7 +85,11 @@ pub async fn start(
     token: Option<String>,
     addr: std::net::SocketAddr,
 ) -> std::io::Result<(joinery_engine::rest::fakekit::FakeServer, Shared)> {
-    let state = Arc::new(Mutex::new(FakeState { data, token }));
+    let state = Arc::new(Mutex::new(FakeState {
+        data,
+        token,
+        budget: Budget::new(100, std::time::Duration::from_secs(10)),
+    }));
     let router = Router::new()
         .route("/crm/v3/objects/{object}", get(list))
         .route("/crm/v3/objects/{object}/search", post(search))
@@ -84,7 +103,7 @@ fn error(status: StatusCode, category: &str, message: &str) -> Response {
 }
 
 fn admit(state: &Shared, headers: &HeaderMap, object: &str) -> Result<Vec<Value>, Box<Response>> {
-    let Ok(s) = state.lock() else {
+    let Ok(mut s) = state.lock() else {
         return Err(Box::new(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL_ERROR",
@@ -103,6 +122,33 @@ fn admit(state: &Shared, headers: &HeaderMap, object: &str) -> Result<Vec<Value>
                 "Authentication credentials not found. This API supports OAuth 2.0 authentication.",
             )));
         }
+    }
+    if s.budget.take().is_err() {
+        // HubSpot's 429 carries no Retry-After: the client backs off.
+        let mut r = (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({
+                "status": "error",
+                "message": "You have reached your ten_secondly_rolling limit.",
+                "errorType": "RATE_LIMIT",
+                "correlationId": "00000000-0000-4000-8000-000000000000",
+                "policyName": "TEN_SECONDLY_ROLLING"
+            })),
+        )
+            .into_response();
+        for (k, v) in [
+            ("x-hubspot-ratelimit-max", s.budget.limit().to_string()),
+            ("x-hubspot-ratelimit-remaining", "0".to_string()),
+            (
+                "x-hubspot-ratelimit-interval-milliseconds",
+                "10000".to_string(),
+            ),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                r.headers_mut().insert(k, v);
+            }
+        }
+        return Err(Box::new(r));
     }
     s.data.objects.get(object).cloned().ok_or_else(|| {
         Box::new(error(

@@ -281,6 +281,13 @@ impl ConnectorFactory for HubspotFactory {
     }
 
     fn build(&self, spec: &ConnectionSpec, ctx: &BuildContext) -> Result<Arc<dyn Connector>> {
+        // Private apps get 100 requests per rolling 10 s (Free/Starter): pace at 10/s unless
+        // configured otherwise.
+        let mut spec = spec.clone();
+        spec.options
+            .entry("rate_limit".to_string())
+            .or_insert(serde_json::json!(10));
+        let spec = &spec;
         let fetcher = fetcher_from(spec, ctx, Some(DEFAULT_BASE))?;
         let mut tables = Vec::new();
         for (object, description, props) in objects() {

@@ -471,6 +471,8 @@ pub struct FakeState {
     cursors: BTreeMap<String, Vec<Value>>,
     next_cursor: u64,
     calls: u64,
+    /// The org's rolling 24-hour API request allocation (Developer Edition: 15,000).
+    daily_limit: u64,
     base: String,
 }
 
@@ -480,6 +482,16 @@ impl FakeState {
     /// The current access token stops working (the next call gets `INVALID_SESSION_ID`).
     pub fn expire_token(&mut self) {
         self.access_token = None;
+    }
+
+    /// Set the daily API request allocation (requests beyond it get 403 REQUEST_LIMIT_EXCEEDED).
+    pub fn set_daily_limit(&mut self, n: u64) {
+        self.daily_limit = n;
+    }
+
+    /// API requests counted against the allocation so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
     }
 
     pub fn tokens_issued(&self) -> u64 {
@@ -510,6 +522,7 @@ pub async fn start(
         cursors: BTreeMap::new(),
         next_cursor: 1,
         calls: 0,
+        daily_limit: 15_000,
         base: String::new(),
     }));
     let router = Router::new()
@@ -581,6 +594,13 @@ fn admit(state: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
         .unwrap_or("");
     match &s.access_token {
         Some(t) if got == format!("Bearer {t}") => {
+            if s.calls >= s.daily_limit {
+                return Err(Box::new(sf_error(
+                    StatusCode::FORBIDDEN,
+                    "REQUEST_LIMIT_EXCEEDED",
+                    "TotalRequests Limit exceeded.",
+                )));
+            }
             s.calls += 1;
             Ok(())
         }
@@ -594,7 +614,8 @@ fn admit(state: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
 
 fn with_limits(state: &Shared, mut r: Response) -> Response {
     let used = state.lock().map(|s| s.calls).unwrap_or(0);
-    if let Ok(v) = HeaderValue::from_str(&format!("api-usage={used}/15000")) {
+    let limit = state.lock().map(|s| s.daily_limit).unwrap_or(0);
+    if let Ok(v) = HeaderValue::from_str(&format!("api-usage={used}/{limit}")) {
         r.headers_mut().insert("sforce-limit-info", v);
     }
     r
