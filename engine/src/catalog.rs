@@ -150,9 +150,19 @@ impl Catalog {
 
     /// A per-session view of this catalog.
     pub fn session_view(self: &Arc<Self>) -> Arc<SessionCatalog> {
+        self.session_view_for(None)
+    }
+
+    /// A per-session view that shows only the `granted` connections (`None`: all); system
+    /// schemas are always there.
+    pub fn session_view_for(
+        self: &Arc<Self>,
+        granted: Option<std::collections::BTreeSet<String>>,
+    ) -> Arc<SessionCatalog> {
         Arc::new(SessionCatalog {
             shared: self.clone(),
             local: RwLock::new(BTreeMap::new()),
+            granted,
         })
     }
 }
@@ -162,17 +172,27 @@ impl Catalog {
 pub struct SessionCatalog {
     shared: Arc<Catalog>,
     local: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
+    granted: Option<std::collections::BTreeSet<String>>,
 }
 
 impl SessionCatalog {
     pub fn shared(&self) -> &Arc<Catalog> {
         &self.shared
     }
+
+    /// A connection that exists but this session was not granted.
+    pub fn is_hidden(&self, schema: &str) -> bool {
+        match &self.granted {
+            None => false,
+            Some(g) => !g.contains(schema) && self.shared.connection(schema).is_some(),
+        }
+    }
 }
 
 impl CatalogProvider for SessionCatalog {
     fn schema_names(&self) -> Vec<String> {
         let mut names = self.shared.schema_names();
+        names.retain(|n| !self.is_hidden(n));
         if let Ok(local) = self.local.read() {
             for k in local.keys() {
                 if !names.contains(k) {
@@ -187,6 +207,9 @@ impl CatalogProvider for SessionCatalog {
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         if let Some(s) = self.local.read().ok().and_then(|l| l.get(name).cloned()) {
             return Some(s);
+        }
+        if self.is_hidden(name) {
+            return None;
         }
         self.shared.schema(name)
     }

@@ -61,6 +61,15 @@ impl SessionFactory {
         &self,
         database: Option<&str>,
     ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
+        self.new_session_for(database, None)
+    }
+
+    /// A session that sees only the `granted` connections (`None`: all).
+    pub fn new_session_for(
+        &self,
+        database: Option<&str>,
+        granted: Option<std::collections::BTreeSet<String>>,
+    ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
         let database = database.unwrap_or(self.catalog.name());
         let mut config = SessionConfig::new()
             .with_option_extension(crate::options::JoineryOptions::default())
@@ -99,7 +108,7 @@ impl SessionFactory {
             .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        let view = self.catalog.session_view();
+        let view = self.catalog.session_view_for(granted);
         ctx.register_catalog(database, view.clone());
         Ok((ctx, view))
     }

@@ -14,12 +14,30 @@
 //! token = "${GITHUB_TOKEN}"      # ${NAME} reads an environment variable
 //! ```
 //!
+//! Users, TLS and grants (see the README's security section):
+//!
+//! ```toml
+//! [server]
+//! auth = "scram"                 # "trust" (loopback clients only) is the default without users
+//! tls_cert = "server.crt"        # PEM; relative paths are relative to this file
+//! tls_key = "server.key"
+//! require_tls = true             # refuse plaintext connections
+//!
+//! [users.alice]
+//! password = "SCRAM-SHA-256$4096:...$..."   # from `joinery password`
+//! admin = true
+//! grants = ["github", "warehouse"]          # connections alice sees; "*" for all
+//! ```
+//!
 //! Unknown keys and kinds are errors naming the key and the line.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::auth::{AuthMethod, UserConfig, parse_verifier};
 
 use joinery_engine::{EngineConfig, JoineryError, Result};
 use joinery_providers::{ConnectionSpec, factories, factory_for};
@@ -37,6 +55,30 @@ pub struct ServerConfig {
     pub statement_timeout: Option<Duration>,
     pub database: String,
     pub engine: EngineConfig,
+    pub auth: AuthMethod,
+    /// PEM certificate and key files.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub require_tls: bool,
+    /// `[users.<name>]`; empty: anyone may connect from loopback (trust).
+    pub users: Arc<BTreeMap<String, UserConfig>>,
+}
+
+impl ServerConfig {
+    /// The connections `user` may see (`None`: all).
+    pub fn grants_of(&self, user: &str) -> Option<std::collections::BTreeSet<String>> {
+        if self.users.is_empty() {
+            return None;
+        }
+        match self.users.get(user) {
+            Some(u) => u.grants.clone(),
+            None => Some(Default::default()),
+        }
+    }
+
+    /// Platform admin (everyone when no users are configured: a single-user local setup).
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.users.is_empty() || self.users.get(user).is_some_and(|u| u.admin)
+    }
 }
 
 impl Default for ServerConfig {
@@ -49,6 +91,10 @@ impl Default for ServerConfig {
             statement_timeout: None,
             database: DEFAULT_DATABASE.to_string(),
             engine: EngineConfig::default(),
+            auth: AuthMethod::Trust,
+            tls: None,
+            require_tls: false,
+            users: Arc::new(BTreeMap::new()),
         }
     }
 }
@@ -65,6 +111,17 @@ struct RawConfig {
     server: Option<RawServer>,
     #[serde(default)]
     connections: BTreeMap<String, BTreeMap<String, Spanned<toml::Value>>>,
+    #[serde(default)]
+    users: BTreeMap<String, RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    password: Option<String>,
+    #[serde(default)]
+    admin: bool,
+    grants: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +132,10 @@ struct RawServer {
     query_memory_limit: Option<toml::Value>,
     statement_timeout: Option<toml::Value>,
     database: Option<String>,
+    auth: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    require_tls: Option<bool>,
 }
 
 /// Where a byte offset of the source lies, for messages.
@@ -104,6 +165,10 @@ impl Config {
             .map(Path::to_path_buf);
         for c in &mut cfg.connections {
             c.base_dir = base.clone();
+        }
+        if let (Some((cert, key)), Some(base)) = (&mut cfg.server.tls, &base) {
+            *cert = base.join(&cert);
+            *key = base.join(&key);
         }
         Ok(cfg)
     }
@@ -148,11 +213,80 @@ impl Config {
             if let Some(db) = s.database {
                 cfg.server.database = db;
             }
+            cfg.server.auth = match s.auth.as_deref() {
+                None if raw.users.is_empty() => AuthMethod::Trust,
+                None | Some("scram" | "scram-sha-256") => AuthMethod::Scram,
+                Some("trust") => AuthMethod::Trust,
+                Some(other) => {
+                    return Err(JoineryError::config(format!(
+                        "{origin}: [server] auth = \"{other}\": expected \"scram\" or \"trust\""
+                    )));
+                }
+            };
+            match (s.tls_cert, s.tls_key) {
+                (Some(c), Some(k)) => cfg.server.tls = Some((c.into(), k.into())),
+                (None, None) => {}
+                _ => {
+                    return Err(JoineryError::config(format!(
+                        "{origin}: [server] tls_cert and tls_key go together"
+                    )));
+                }
+            }
+            cfg.server.require_tls = s.require_tls.unwrap_or(false);
+            if cfg.server.require_tls && cfg.server.tls.is_none() {
+                return Err(JoineryError::config(format!(
+                    "{origin}: [server] require_tls needs tls_cert and tls_key"
+                )));
+            }
+        } else if !raw.users.is_empty() {
+            cfg.server.auth = AuthMethod::Scram;
+        }
+        if cfg.server.auth == AuthMethod::Scram && raw.users.is_empty() {
+            return Err(JoineryError::config(format!(
+                "{origin}: [server] auth = \"scram\" needs at least one [users.<name>] section"
+            )));
         }
         for (name, table) in raw.connections {
             cfg.connections
                 .push(connection_spec(text, origin, &name, table)?);
         }
+        let mut users = BTreeMap::new();
+        for (name, u) in raw.users {
+            let verifier = match (&u.password, cfg.server.auth) {
+                (Some(p), _) => Some(parse_verifier(p).map_err(|e| {
+                    JoineryError::config(format!("{origin}: [users.{name}] password: {e}"))
+                })?),
+                (None, AuthMethod::Scram) => {
+                    return Err(JoineryError::config(format!(
+                        "{origin}: [users.{name}] has no password (make one with `joinery password`)"
+                    )));
+                }
+                (None, AuthMethod::Trust) => None,
+            };
+            let grants = match u.grants {
+                None => None,
+                Some(g) if g.iter().any(|x| x == "*") => None,
+                Some(g) => {
+                    for c in &g {
+                        if !cfg.connections.iter().any(|s| &s.name == c) {
+                            return Err(JoineryError::config(format!(
+                                "{origin}: [users.{name}] grants names '{c}', which is not a connection"
+                            )));
+                        }
+                    }
+                    Some(g.into_iter().collect())
+                }
+            };
+            users.insert(
+                name,
+                UserConfig {
+                    verifier,
+                    admin: u.admin,
+                    grants,
+                },
+            );
+        }
+        cfg.server.users = Arc::new(users);
         Ok(cfg)
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use crate::auth::AuthMethod;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -28,6 +29,8 @@ use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{Sink, SinkExt, Stream, StreamExt, stream};
 use joinery_engine::SessionFactory;
 use pgwire::api::PgWireConnectionState;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::sasl::{SASLState, SCRAM_SHA_256_METHOD, SCRAM_SHA_256_PLUS_METHOD};
 use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
@@ -55,6 +58,7 @@ use pgwire::messages::response::EmptyQueryResponse;
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::simplequery::Query;
+use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
 use pgwire::messages::startup::{ParameterStatus, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio_util::sync::CancellationToken;
@@ -80,6 +84,9 @@ pub struct Shared {
     next_pid: AtomicI32,
     next_query: std::sync::atomic::AtomicU64,
     pub active_connections: AtomicUsize,
+    pub logins: crate::auth::LoginLimiter,
+    /// The TLS certificate (PEM) when TLS is on: SCRAM-SHA-256-PLUS binds to it.
+    pub tls_cert_pem: Mutex<Option<Vec<u8>>>,
 }
 
 impl Shared {
@@ -92,6 +99,8 @@ impl Shared {
             next_pid: AtomicI32::new(10_000 + (std::process::id() as i32 % 10_000)),
             next_query: std::sync::atomic::AtomicU64::new(1),
             active_connections: AtomicUsize::new(0),
+            logins: Default::default(),
+            tls_cert_pem: Mutex::new(None),
         })
     }
 
@@ -121,7 +130,7 @@ impl Shared {
         // The session's catalog answers to the database name the client asked for.
         let (ctx, view) = self
             .factory
-            .new_session(Some(database))
+            .new_session_for(Some(database), self.config.grants_of(user))
             .map_err(|e| SqlError::from(&e))?;
         let settings = Arc::new(Mutex::new(Settings::new(
             user,
@@ -194,8 +203,20 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        let mut scram = ScramAuth::new(Arc::new(crate::auth::Verifiers(
+            self.shared.config.users.clone(),
+        )));
+        scram.set_iterations(crate::auth::SCRAM_ITERATIONS);
+        if let Some(pem) = self.shared.tls_cert_pem.lock().ok().and_then(|p| p.clone())
+            && let Err(e) = scram.configure_certificate(&pem)
+        {
+            warn!(error = %e, "SCRAM channel binding unavailable");
+        }
         Arc::new(Startup {
             shared: self.shared.clone(),
+            scram,
+            sasl: tokio::sync::Mutex::new(SASLState::Initial),
+            startup: Mutex::new(None),
         })
     }
 
@@ -231,40 +252,26 @@ impl ServerParameterProvider for Params {
 
 struct Startup {
     shared: Arc<Shared>,
+    scram: ScramAuth,
+    sasl: tokio::sync::Mutex<SASLState>,
+    /// The startup parameters, kept while the SCRAM exchange runs.
+    startup: Mutex<Option<BTreeMap<String, String>>>,
 }
 
-#[async_trait]
-impl StartupHandler for Startup {
-    async fn on_startup<C>(
+impl Startup {
+    /// Open the session and tell the client it may go on (after trust or a good password).
+    async fn admit<C>(
         &self,
         client: &mut C,
-        message: PgWireFrontendMessage,
+        parameters: &BTreeMap<String, String>,
     ) -> PgWireResult<()>
     where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let PgWireFrontendMessage::Startup(ref startup) = message else {
-            return Ok(());
-        };
-        protocol_negotiation(client, startup).await?;
-        save_startup_parameters_to_metadata(client, startup);
-        let active = self.shared.active_connections.load(Ordering::Relaxed);
-        if active > self.shared.config.max_connections {
-            return Err(fatal(
-                SqlState::TOO_MANY_CONNECTIONS,
-                "sorry, too many clients already",
-            ));
-        }
-        let Some(user) = startup.parameters.get("user").cloned() else {
-            return Err(fatal(
-                SqlState::INVALID_AUTHORIZATION,
-                "no PostgreSQL user name specified in startup packet",
-            ));
-        };
-        let database = startup
-            .parameters
+        let user = parameters.get("user").cloned().unwrap_or_default();
+        let database = parameters
             .get("database")
             .cloned()
             .filter(|d| !d.is_empty())
@@ -280,24 +287,159 @@ impl StartupHandler for Startup {
         client.set_pid_and_secret_key(pid, secret.clone());
         let session = self
             .shared
-            .open_session(
-                pid,
-                &user,
-                &database,
-                client.socket_addr(),
-                &startup.parameters,
-            )
+            .open_session(pid, &user, &database, client.socket_addr(), parameters)
             .await
             .map_err(|e| fatal(e.state, e.message))?;
         self.shared.register(pid, &secret, &session);
         client.session_extensions().insert(session.clone());
         let mut params = session.settings().map_err(|e| e.into_pgwire())?.reported();
-        if let Some(app) = startup.parameters.get("application_name") {
+        if let Some(app) = parameters.get("application_name") {
             params.retain(|(k, _)| k != "application_name");
             params.push(("application_name".into(), app.clone()));
         }
-        info!(pid, user = %user, database = %database, addr = %client.socket_addr(), "session started");
+        info!(pid, user = %user, database = %database, addr = %client.socket_addr(), tls = client.is_secure(), "session started");
         finish_authentication(client, &Params(params)).await
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let config = &self.shared.config;
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let active = self.shared.active_connections.load(Ordering::Relaxed);
+                if active > config.max_connections {
+                    return Err(fatal(
+                        SqlState::TOO_MANY_CONNECTIONS,
+                        "sorry, too many clients already",
+                    ));
+                }
+                let Some(user) = startup.parameters.get("user").cloned() else {
+                    return Err(fatal(
+                        SqlState::INVALID_AUTHORIZATION,
+                        "no PostgreSQL user name specified in startup packet",
+                    ));
+                };
+                let addr = client.socket_addr();
+                if config.require_tls && !client.is_secure() {
+                    warn!(user = %user, %addr, "login refused: plaintext connection while require_tls is on");
+                    return Err(fatal(
+                        SqlState::INVALID_AUTHORIZATION,
+                        "this server requires TLS (connect with sslmode=require)",
+                    ));
+                }
+                let parameters: BTreeMap<String, String> = startup
+                    .parameters
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                match config.auth {
+                    AuthMethod::Trust => {
+                        if !crate::auth::is_loopback(&addr) {
+                            warn!(user = %user, %addr, "login refused: trust is for loopback clients only");
+                            return Err(fatal(
+                                SqlState::INVALID_AUTHORIZATION,
+                                format!(
+                                    "no login allowed from {} without a password: configure [users] and auth = \"scram\"",
+                                    addr.ip()
+                                ),
+                            ));
+                        }
+                        if !config.users.is_empty() && !config.users.contains_key(&user) {
+                            warn!(user = %user, %addr, "login refused: unknown user");
+                            return Err(fatal(
+                                SqlState::INVALID_PASSWORD,
+                                format!("role \"{user}\" does not exist"),
+                            ));
+                        }
+                        self.admit(client, &parameters).await
+                    }
+                    AuthMethod::Scram => {
+                        if let Err(wait) = self.shared.logins.check(&user, addr.ip()) {
+                            warn!(user = %user, %addr, "login refused: too many failed attempts");
+                            return Err(fatal(
+                                SqlState::INVALID_PASSWORD,
+                                format!(
+                                    "too many failed logins for user \"{user}\" from this address; try again in {wait} s"
+                                ),
+                            ));
+                        }
+                        if let Ok(mut p) = self.startup.lock() {
+                            *p = Some(parameters);
+                        }
+                        client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                        let mut mechanisms = vec![SCRAM_SHA_256_METHOD.to_string()];
+                        if client.is_secure() && self.scram.supports_channel_binding() {
+                            mechanisms.push(SCRAM_SHA_256_PLUS_METHOD.to_string());
+                        }
+                        client
+                            .send(PgWireBackendMessage::Authentication(Authentication::SASL(
+                                mechanisms,
+                            )))
+                            .await?;
+                        Ok(())
+                    }
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(msg) => {
+                let parameters = self
+                    .startup
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.clone())
+                    .ok_or(PgWireError::InvalidSASLState)?;
+                let user = parameters.get("user").cloned().unwrap_or_default();
+                let addr = client.socket_addr();
+                let mut state = self.sasl.lock().await;
+                let msg = if let SASLState::Initial = *state {
+                    let first = msg.into_sasl_initial_response()?;
+                    if ![SCRAM_SHA_256_METHOD, SCRAM_SHA_256_PLUS_METHOD]
+                        .contains(&first.auth_method.as_str())
+                    {
+                        return Err(PgWireError::UnsupportedSASLAuthMethod(first.auth_method));
+                    }
+                    *state = SASLState::ScramClientFirstReceived;
+                    PasswordMessageFamily::SASLInitialResponse(first)
+                } else {
+                    PasswordMessageFamily::SASLResponse(msg.into_sasl_response()?)
+                };
+                match self.scram.process_scram_message(client, msg, &state).await {
+                    Ok((res, next)) => {
+                        client
+                            .send(PgWireBackendMessage::Authentication(res))
+                            .await?;
+                        *state = next;
+                    }
+                    Err(e) => {
+                        self.shared.logins.failed(&user, addr.ip());
+                        warn!(user = %user, %addr, "login failed: {e}");
+                        return Err(fatal(
+                            SqlState::INVALID_PASSWORD,
+                            format!("password authentication failed for user \"{user}\""),
+                        ));
+                    }
+                }
+                if matches!(*state, SASLState::Finished) {
+                    drop(state);
+                    self.shared.logins.succeeded(&user, addr.ip());
+                    return self.admit(client, &parameters).await;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -545,8 +687,23 @@ pub async fn plan_statement(
     stmt: Statement,
 ) -> Result<(LogicalPlan, Option<Vec<String>>), SqlError> {
     let state = session.ctx.state();
+    let stmt = DfStatement::Statement(Box::new(stmt));
+    // A connection this user was not granted: refused by name, wherever it is referenced
+    // (joins, subqueries, EXPLAIN, prepared statements), before anything is planned.
+    if let Ok(refs) = state.resolve_table_references(&stmt) {
+        for r in refs {
+            if let Some(schema) = r.schema()
+                && session.catalog.is_hidden(schema)
+            {
+                return Err(SqlError::new(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    format!("permission denied for schema {schema}"),
+                ));
+            }
+        }
+    }
     let plan = state
-        .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
+        .statement_to_plan(stmt)
         .await
         .map_err(|e| from_datafusion(&e))?;
     let plan = match plan {

@@ -66,6 +66,9 @@ enum Commands {
     },
     /// List the connector kinds this build knows.
     Kinds,
+    /// Read a password from standard input and print its SCRAM-SHA-256 verifier for a
+    /// `[users.<name>] password = "..."` line (the password itself is never stored).
+    Password,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -341,6 +344,21 @@ async fn run(cli: Cli) -> Result<(), String> {
             if failed > 0 {
                 return Err(format!("{failed} connection(s) failed"));
             }
+            Ok(())
+        }
+        Commands::Password => {
+            let mut line = String::new();
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("password (echoed; or pipe it in): ");
+            }
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read the password: {e}"))?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return Err("an empty password cannot be used".into());
+            }
+            println!("{}", joinery_server::auth::make_verifier(password));
             Ok(())
         }
         Commands::Kinds => {

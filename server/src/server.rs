@@ -39,6 +39,19 @@ pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
     Ok(Shared::new(factory, config.server.clone()))
 }
 
+/// The TLS acceptor of a config (`None` without tls_cert/tls_key).
+fn tls_acceptor(shared: &Shared) -> std::io::Result<Option<pgwire::tokio::TlsAcceptor>> {
+    let Some((cert, key)) = &shared.config.tls else {
+        return Ok(None);
+    };
+    let (acceptor, pem) = crate::auth::load_tls(cert, key)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    if let Ok(mut p) = shared.tls_cert_pem.lock() {
+        *p = Some(pem);
+    }
+    Ok(Some(acceptor))
+}
+
 /// A server accepting connections in the background.
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -60,6 +73,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 impl RunningServer {
     /// Bind `addr` (port 0 picks a free port) and start accepting.
     pub async fn start(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<RunningServer> {
+        let tls = tls_acceptor(&shared)?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -76,9 +90,10 @@ impl RunningServer {
                             shared.active_connections.fetch_add(1, Ordering::Relaxed);
                             let slot = ConnectionSlot(shared.clone());
                             let handlers = Arc::new(Handlers::new(shared.clone()));
+                            let tls = tls.clone();
                             conns.spawn(async move {
                                 let _slot = slot;
-                                if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                                     log_connection_error(peer, &e);
                                 }
                             });

@@ -11,6 +11,7 @@ mod pagerduty;
 mod rate_limits;
 mod rest;
 mod salesforce;
+mod security;
 mod slack;
 mod slt;
 mod stripe;

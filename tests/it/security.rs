@@ -1,0 +1,268 @@
+//! Security on the wire: SCRAM-SHA-256 logins against config verifiers, trust for loopback only,
+//! failed-login lockout, TLS (require_tls, psql verify-full), and connection grants that hide
+//! schemas from catalogs and refuse queries with 42501 wherever the table is referenced.
+
+use joinery_server::auth::make_verifier;
+use joinery_tests::{TestServer, sqlstate, text_rows};
+
+const ALICE_PW: &str = "alice-pw-Xq7!";
+const BOB_PW: &str = "bob-pw-Lm3?";
+
+fn config(extra_server: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{extra_server}
+
+[connections.sales]
+kind = "demo"
+
+[connections.engineering]
+kind = "demo"
+
+[users.alice]
+password = "{a}"
+admin = true
+grants = ["*"]
+
+[users.bob]
+password = "{b}"
+grants = ["engineering"]
+"#,
+        a = make_verifier(ALICE_PW),
+        b = make_verifier(BOB_PW),
+    )
+}
+
+async fn login(
+    server: &TestServer,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=joinery",
+            server.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+#[tokio::test]
+async fn scram_logins_and_grants() {
+    let server = TestServer::with_config(&config("")).await;
+
+    // Right password: in. Wrong password, unknown user, no password: 28P01, same message shape.
+    let alice = login(&server, "alice", ALICE_PW)
+        .await
+        .expect("alice logs in");
+    assert_eq!(
+        text_rows(&alice, "SELECT current_user").await[0][0].as_deref(),
+        Some("alice")
+    );
+    for (user, pw) in [("alice", "wrong"), ("mallory", "whatever"), ("bob", "")] {
+        let err = login(&server, user, pw).await.expect_err("refused");
+        assert_eq!(sqlstate(&err), "28P01", "{user}: {err:?}");
+    }
+
+    // Bob sees only engineering: not in information_schema, pg_catalog or \dt's query.
+    let bob = login(&server, "bob", BOB_PW).await.expect("bob logs in");
+    let schemas = text_rows(
+        &bob,
+        "SELECT schema_name FROM information_schema.schemata ORDER BY 1",
+    )
+    .await;
+    let names: Vec<&str> = schemas.iter().filter_map(|r| r[0].as_deref()).collect();
+    assert!(names.contains(&"engineering"), "{names:?}");
+    assert!(!names.contains(&"sales"), "{names:?}");
+    let n = text_rows(
+        &bob,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'sales'",
+    )
+    .await;
+    assert_eq!(n, vec![vec![Some("0".into())]]);
+    let n = text_rows(
+        &bob,
+        "SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = 'sales'",
+    )
+    .await;
+    assert_eq!(n, vec![vec![Some("0".into())]]);
+    let dt = text_rows(
+        &bob,
+        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c \
+         LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r','p','v','m','f') AND n.nspname <> 'pg_catalog' \
+         AND n.nspname <> 'information_schema'",
+    )
+    .await;
+    assert!(
+        dt.iter().all(|r| r[0].as_deref() != Some("sales")),
+        "{dt:?}"
+    );
+    assert!(
+        dt.iter().any(|r| r[0].as_deref() == Some("engineering")),
+        "{dt:?}"
+    );
+
+    // Querying it is 42501 however it is reached; the session goes on.
+    for sql in [
+        "SELECT * FROM sales.customers",
+        "SELECT e.id FROM engineering.customers e JOIN sales.customers s ON s.id = e.id",
+        "SELECT * FROM engineering.customers WHERE id IN (SELECT id FROM sales.orders)",
+        "WITH x AS (SELECT * FROM sales.orders) SELECT count(*) FROM x",
+        "EXPLAIN SELECT * FROM sales.orders",
+        "SELECT * FROM joinery.sales.orders",
+    ] {
+        let err = bob.simple_query(sql).await.expect_err("refused");
+        assert_eq!(sqlstate(&err), "42501", "{sql}: {err:?}");
+        let msg = err
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("sales"), "{msg}");
+    }
+    // Prepared statements too.
+    let err = bob
+        .prepare("SELECT * FROM sales.orders WHERE id = $1")
+        .await
+        .expect_err("refused");
+    assert_eq!(sqlstate(&err), "42501");
+    let n = text_rows(&bob, "SELECT count(*) > 0 FROM engineering.customers").await;
+    assert_eq!(n, vec![vec![Some("t".into())]]);
+
+    // Alice (grants = "*") sees both.
+    let n = text_rows(
+        &alice,
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name IN ('sales', 'engineering')",
+    )
+    .await;
+    assert_eq!(n, vec![vec![Some("2".into())]]);
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_user_out_for_a_while() {
+    let server = TestServer::with_config(&config("")).await;
+    for _ in 0..joinery_server::auth::MAX_FAILURES {
+        let err = login(&server, "bob", "guess").await.expect_err("wrong");
+        assert_eq!(sqlstate(&err), "28P01");
+    }
+    // Now even the right password is refused (from this address, for this user) ...
+    let err = login(&server, "bob", BOB_PW).await.expect_err("locked");
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("too many failed logins"), "{msg}");
+    // ... while other users are not affected.
+    login(&server, "alice", ALICE_PW)
+        .await
+        .expect("alice unaffected");
+}
+
+#[tokio::test]
+async fn trust_without_users_is_for_loopback_and_plain_passwords_are_refused() {
+    // No users: trust, the demo's default (these tests connect from loopback).
+    let server = TestServer::demo().await;
+    let c = server.client_as("anyone").await;
+    assert_eq!(text_rows(&c, "SELECT 1").await.len(), 1);
+    // A plain password in config is refused with a pointer to `joinery password`.
+    let err =
+        joinery_server::config::Config::parse("[users.eve]\npassword = \"hunter2\"\n", "t.toml")
+            .expect_err("plain password");
+    assert!(err.to_string().contains("joinery password"), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    // Grants must name connections.
+    let err = joinery_server::config::Config::parse(
+        &format!(
+            "[users.eve]\npassword = \"{}\"\ngrants = [\"nope\"]\n",
+            make_verifier("x")
+        ),
+        "t.toml",
+    )
+    .expect_err("unknown grant");
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+/// A self-signed certificate for localhost/127.0.0.1 made with openssl.
+fn self_signed(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .ok()?
+        .status
+        .success();
+    ok.then_some((cert, key))
+}
+
+// psql runs as a blocking child process: the server needs a thread of its own meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_and_verify_full_from_psql() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key) = self_signed(dir.path()).expect("openssl makes a certificate");
+    let server = TestServer::with_config(&config(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\nrequire_tls = true",
+        cert.display(),
+        key.display()
+    )))
+    .await;
+    // Plaintext is refused with a clear message.
+    let err = login(&server, "alice", ALICE_PW)
+        .await
+        .expect_err("plaintext");
+    assert_eq!(sqlstate(&err), "28000", "{err:?}");
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("requires TLS"), "{msg}");
+
+    // psql with sslmode=verify-full against our certificate, SCRAM over TLS (channel binding
+    // offered: SCRAM-SHA-256-PLUS).
+    for mode in ["require", "verify-full"] {
+        let out = std::process::Command::new("psql")
+            .arg(format!(
+                "host=localhost port={} user=alice dbname=joinery sslmode={mode} sslrootcert={}",
+                server.port(),
+                cert.display()
+            ))
+            .args(["-XAt", "-c", "\\conninfo", "-c", "SELECT current_user"])
+            .env("PGPASSWORD", ALICE_PW)
+            .output()
+            .expect("psql runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {stderr}");
+        assert!(stdout.contains("alice"), "{mode}: {stdout} {stderr}");
+        assert!(stdout.contains("SSL connection"), "{mode}: {stdout}");
+    }
+    // A certificate the client does not trust fails verify-full.
+    let other = tempfile::tempdir().expect("tmp");
+    let (other_cert, _) = self_signed(other.path()).expect("openssl");
+    let out = std::process::Command::new("psql")
+        .arg(format!(
+            "host=localhost port={} user=alice dbname=joinery sslmode=verify-full sslrootcert={}",
+            server.port(),
+            other_cert.display()
+        ))
+        .args(["-XAtc", "SELECT 1"])
+        .env("PGPASSWORD", ALICE_PW)
+        .output()
+        .expect("psql runs");
+    assert!(!out.status.success(), "an untrusted certificate is refused");
+}
