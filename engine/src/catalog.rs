@@ -211,7 +211,16 @@ impl CatalogProvider for SessionCatalog {
         if self.is_hidden(name) {
             return None;
         }
-        self.shared.schema(name)
+        let schema = self.shared.schema(name)?;
+        match &self.granted {
+            Some(g) if name == SYSTEM_SCHEMA => {
+                Some(Arc::new(crate::grants::GrantedSystemSchema {
+                    inner: schema,
+                    granted: Arc::new(g.clone()),
+                }))
+            }
+            _ => Some(schema),
+        }
     }
 
     fn register_schema(

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod connector;
 pub mod error;
+pub mod grants;
 pub mod meta;
 pub mod options;
 pub mod rest;

@@ -103,6 +103,9 @@ impl Default for ServerConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub connections: Vec<ConnectionSpec>,
+    pub secrets: Option<SecretsConfig>,
+    /// Secrets the connections refer to.
+    pub secrets_used: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +116,61 @@ struct RawConfig {
     connections: BTreeMap<String, BTreeMap<String, Spanned<toml::Value>>>,
     #[serde(default)]
     users: BTreeMap<String, RawUser>,
+    secrets: Option<RawSecrets>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    /// The encrypted store file.
+    path: String,
+    /// The key file (0600); `JOINERY_SECRET_KEY` takes precedence.
+    key_file: Option<String>,
+}
+
+/// Where the secret store is, for `joinery secrets` and the server.
+#[derive(Debug, Clone)]
+pub struct SecretsConfig {
+    pub path: PathBuf,
+    pub key_file: Option<PathBuf>,
+}
+
+impl SecretsConfig {
+    /// Only the `[secrets]` section of a config file (what `joinery secrets` needs: the
+    /// connections may refer to secrets not stored yet).
+    pub fn from_file(path: &Path) -> Result<Option<SecretsConfig>> {
+        #[derive(Deserialize)]
+        struct Only {
+            secrets: Option<RawSecrets>,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            JoineryError::config(format!("cannot read config {}: {e}", path.display()))
+        })?;
+        let only: Only = toml::from_str(&text)
+            .map_err(|e| JoineryError::config(format!("{}: {e}", path.display())))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        Ok(only.secrets.map(|s| SecretsConfig {
+            path: dir.join(&s.path),
+            key_file: s.key_file.as_deref().map(|k| dir.join(k)),
+        }))
+    }
+
+    pub fn open(&self) -> Result<crate::secrets::SecretStore> {
+        let key =
+            crate::secrets::load_key(self.key_file.as_deref()).map_err(JoineryError::config)?;
+        crate::secrets::SecretStore::open(&self.path, key).map_err(JoineryError::config)
+    }
+}
+
+thread_local! {
+    /// The store `${secret:NAME}` reads while a config is parsed, and the names it read.
+    static PARSING_SECRETS: std::cell::RefCell<Option<(std::rc::Rc<crate::secrets::SecretStore>, Vec<String>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 #[derive(Deserialize)]
@@ -152,7 +210,14 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| {
             JoineryError::config(format!("cannot read config {}: {e}", path.display()))
         })?;
-        let mut cfg = Self::parse(&text, &path.display().to_string())?;
+        let dir = path.parent().map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".").to_path_buf()
+            } else {
+                p.to_path_buf()
+            }
+        });
+        let mut cfg = Self::parse_in(&text, &path.display().to_string(), dir.as_deref())?;
         let base = path
             .parent()
             .map(|p| {
@@ -175,9 +240,40 @@ impl Config {
 
     /// Parse config text; `origin` names the file in messages.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        Self::parse_in(text, origin, None)
+    }
+
+    /// Parse config text whose relative paths are relative to `dir`.
+    pub fn parse_in(text: &str, origin: &str, dir: Option<&Path>) -> Result<Config> {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| JoineryError::config(format!("{origin}: {e}")))?;
         let mut cfg = Config::default();
+        let resolve = |p: &str| match dir {
+            Some(d) => d.join(p),
+            None => PathBuf::from(p),
+        };
+        if let Some(s) = &raw.secrets {
+            let sc = SecretsConfig {
+                path: resolve(&s.path),
+                key_file: s.key_file.as_deref().map(resolve),
+            };
+            cfg.secrets = Some(sc);
+        }
+        let store = match &cfg.secrets {
+            Some(sc) if text.contains("${secret:") => Some(std::rc::Rc::new(sc.open()?)),
+            _ => None,
+        };
+        PARSING_SECRETS.with(|p| *p.borrow_mut() = store.map(|s| (s, Vec::new())));
+        let parsed = Self::parse_raw(raw, cfg, text, origin);
+        let used = PARSING_SECRETS.with(|p| p.borrow_mut().take().map(|(_, u)| u));
+        let mut cfg = parsed?;
+        cfg.secrets_used = used.unwrap_or_default();
+        cfg.secrets_used.sort();
+        cfg.secrets_used.dedup();
+        Ok(cfg)
+    }
+
+    fn parse_raw(raw: RawConfig, mut cfg: Config, text: &str, origin: &str) -> Result<Config> {
         if let Some(s) = raw.server {
             if let Some(listen) = s.listen {
                 cfg.server.listen = parse_listen(&listen)
@@ -429,10 +525,20 @@ pub fn interpolate(s: &str) -> std::result::Result<String, String> {
                 .find('}')
                 .ok_or_else(|| "unterminated ${...} reference".to_string())?;
             let name = &body[..end];
-            if name.starts_with("secret:") {
-                return Err(format!(
-                    "'${{{name}}}' refers to the secret store, which this build does not have yet"
-                ));
+            if let Some(secret) = name.strip_prefix("secret:") {
+                let val = PARSING_SECRETS.with(|p| {
+                    let mut p = p.borrow_mut();
+                    let Some((store, used)) = p.as_mut() else {
+                        return Err(format!(
+                            "'${{{name}}}' refers to the secret store, but the config has no [secrets] section"
+                        ));
+                    };
+                    used.push(secret.to_string());
+                    store.get(secret)
+                })?;
+                out.push_str(&val);
+                rest = &body[end + 1..];
+                continue;
             }
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!(

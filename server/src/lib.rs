@@ -9,6 +9,7 @@ pub mod handler;
 pub mod naming;
 pub mod pgcatalog;
 pub mod rewrite;
+pub mod secrets;
 pub mod server;
 pub mod session;
 pub mod settings;

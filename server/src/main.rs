@@ -66,9 +66,130 @@ enum Commands {
     },
     /// List the connector kinds this build knows.
     Kinds,
+    /// Manage the encrypted secret store (`[secrets]` in the config; values are read from
+    /// standard input and never printed).
+    Secrets {
+        /// Path to joinery.toml.
+        #[arg(short, long, env = "JOINERY_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Read a password from standard input and print its SCRAM-SHA-256 verifier for a
     /// `[users.<name>] password = "..."` line (the password itself is never stored).
     Password,
+}
+
+#[derive(Subcommand)]
+enum SecretAction {
+    /// Write a new random AES-256 key to a file readable only by you (mode 0600).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Store a secret (the value is read from standard input).
+    Set {
+        name: String,
+        /// Days after which `list` warns that the secret is due for rotation.
+        #[arg(long)]
+        rotation_days: Option<u32>,
+    },
+    /// Names, owners, ages and rotation warnings (never values).
+    List,
+    /// Replace a secret's value (read from standard input).
+    Rotate { name: String },
+    /// Remove a secret.
+    Delete { name: String },
+}
+
+/// Who runs the CLI, for the store's `created_by`.
+fn cli_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "cli".into())
+}
+
+fn read_secret_value() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the value: {e}"))?;
+    let v = line.trim_end_matches(['\r', '\n']).to_string();
+    if v.is_empty() {
+        return Err("an empty value cannot be stored".into());
+    }
+    Ok(v)
+}
+
+fn secrets_command(config: Option<PathBuf>, action: SecretAction) -> Result<(), String> {
+    if let SecretAction::Keygen { out } = &action {
+        joinery_server::secrets::write_key_file(out)?;
+        println!(
+            "wrote a new key to {} (mode 0600); keep it apart from the store",
+            out.display()
+        );
+        return Ok(());
+    }
+    let path = config.ok_or("--config (or JOINERY_CONFIG) is required")?;
+    let sc = joinery_server::config::SecretsConfig::from_file(&path)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} has no [secrets] section", path.display()))?;
+    let mut store = sc.open().map_err(|e| e.to_string())?;
+    match action {
+        SecretAction::Keygen { .. } => Ok(()),
+        SecretAction::Set {
+            name,
+            rotation_days,
+        } => {
+            let v = read_secret_value()?;
+            store.set(&name, &v, &cli_user(), rotation_days)?;
+            println!("stored secret '{name}'");
+            Ok(())
+        }
+        SecretAction::Rotate { name } => {
+            let v = read_secret_value()?;
+            store.rotate(&name, &v, &cli_user())?;
+            println!("rotated secret '{name}'");
+            Ok(())
+        }
+        SecretAction::Delete { name } => {
+            store.delete(&name)?;
+            println!("deleted secret '{name}'");
+            Ok(())
+        }
+        SecretAction::List => {
+            let now = chrono::Utc::now();
+            println!(
+                "{:<24} {:<12} {:<20} {:<20} {:>8} {:<20} status",
+                "name", "created_by", "created_at", "rotated_at", "age_days", "last_used_at"
+            );
+            for (name, e) in store.entries() {
+                let fmt =
+                    |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M").to_string();
+                println!(
+                    "{:<24} {:<12} {:<20} {:<20} {:>8} {:<20} {}",
+                    name,
+                    e.created_by,
+                    fmt(&e.created_at),
+                    fmt(&e.rotated_at),
+                    e.age_days(now),
+                    e.last_used_at
+                        .as_ref()
+                        .map(fmt)
+                        .unwrap_or_else(|| "never".into()),
+                    if e.overdue(now) {
+                        format!(
+                            "WARNING: older than its {}-day rotation period",
+                            e.rotation_days
+                        )
+                    } else {
+                        "ok".into()
+                    }
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -346,6 +467,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Commands::Secrets { config, action } => secrets_command(config, action),
         Commands::Password => {
             let mut line = String::new();
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {

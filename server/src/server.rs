@@ -35,6 +35,17 @@ pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
         catalog.add_connection(&spec.name, connector).await?;
         info!(connection = %spec.name, kind = %spec.kind, "connection ready");
     }
+    // Record which secrets this server loaded (the store's "last used").
+    if let (Some(sc), false) = (&config.secrets, config.secrets_used.is_empty()) {
+        match sc.open() {
+            Ok(mut store) => {
+                if let Err(e) = store.mark_used(&config.secrets_used) {
+                    warn!("secret store: cannot record use: {e}");
+                }
+            }
+            Err(e) => warn!("secret store: {e}"),
+        }
+    }
     let factory = SessionFactory::new(catalog, config.server.engine.clone());
     Ok(Shared::new(factory, config.server.clone()))
 }

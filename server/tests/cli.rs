@@ -85,3 +85,109 @@ fn check_reports_config_errors_with_lines() {
     let (ok, out, _) = joinery(&["kinds"]);
     assert!(ok && out.contains("demo") && out.contains("rest"), "{out}");
 }
+
+fn joinery_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_joinery"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("JOINERY_SECRET_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("joinery runs");
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(stdin.as_bytes()).expect("stdin");
+    }
+    let out = child.wait_with_output().expect("joinery ends");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn secrets_are_stored_encrypted_and_resolved_in_config() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("joinery.key");
+    let key_s = key.display().to_string();
+    let (ok, _, err) = joinery_stdin(&["secrets", "keygen", "--out", &key_s], "");
+    assert!(ok, "{err}");
+    // The CSV file path is the "secret" here: resolving it proves ${secret:...} reached the
+    // connection; its value must appear nowhere else.
+    let data = dir.path().join("private-data-dir");
+    std::fs::create_dir(&data).expect("dir");
+    std::fs::write(data.join("t.csv"), "id,name\n1,a\n2,b\n").expect("csv");
+    let cfg = dir.path().join("joinery.toml");
+    std::fs::write(
+        &cfg,
+        "[secrets]\npath = \"secrets.json\"\nkey_file = \"joinery.key\"\n\n[connections.files]\nkind = \"files\"\npath = \"${secret:csv_path}\"\n",
+    )
+    .expect("config");
+    let cfg_s = cfg.display().to_string();
+    let secret = data.display().to_string();
+    let (ok, out, err) = joinery_stdin(
+        &[
+            "secrets",
+            "-c",
+            &cfg_s,
+            "set",
+            "csv_path",
+            "--rotation-days",
+            "30",
+        ],
+        &format!("{secret}\n"),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("stored secret 'csv_path'"), "{out}");
+    let store = std::fs::read_to_string(dir.path().join("secrets.json")).expect("store");
+    assert!(!store.contains(&secret), "encrypted at rest: {store}");
+
+    let (ok, out, err) =
+        joinery_stdin(&["query", "-c", &cfg_s, "SELECT count(*) FROM files.t"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains(" 2"), "{out}");
+
+    let (ok, out, err) = joinery_stdin(&["secrets", "-c", &cfg_s, "list"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("csv_path") && out.contains(" ok"), "{out}");
+    assert!(!out.contains(&secret), "list never prints values: {out}");
+
+    // A flipped byte in the ciphertext: a clear error naming the secret, not a crash.
+    let mut doc: serde_json::Value = serde_json::from_str(&store).expect("json");
+    let ct = doc["secrets"]["csv_path"]["ciphertext"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut chars: Vec<char> = ct.chars().collect();
+    chars[0] = if chars[0] == 'A' { 'B' } else { 'A' };
+    doc["secrets"]["csv_path"]["ciphertext"] = chars.into_iter().collect::<String>().into();
+    std::fs::write(dir.path().join("secrets.json"), doc.to_string()).expect("write");
+    let (ok, _, err) = joinery_stdin(&["query", "-c", &cfg_s, "SELECT 1"], "");
+    assert!(!ok);
+    assert!(
+        err.contains("'csv_path'") && err.contains("cannot be decrypted"),
+        "{err}"
+    );
+    assert!(!err.contains(&secret), "{err}");
+
+    // A key file others can read is refused.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let (ok, _, err) = joinery_stdin(&["secrets", "-c", &cfg_s, "list"], "");
+        assert!(!ok);
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+}
+
+#[test]
+fn password_prints_a_verifier_not_the_password() {
+    let (ok, out, err) = joinery_stdin(&["password"], "correct horse\n");
+    assert!(ok, "{err}");
+    assert!(out.starts_with("SCRAM-SHA-256$4096:"), "{out}");
+    assert!(!out.contains("correct horse"));
+}

@@ -110,6 +110,22 @@ async fn scram_logins_and_grants() {
         "{dt:?}"
     );
 
+    // The system schema speaks only of granted connections.
+    let n = text_rows(&bob, "SELECT name FROM joinery.connections ORDER BY 1").await;
+    assert_eq!(n, vec![vec![Some("engineering".into())]]);
+    let n = text_rows(
+        &bob,
+        "SELECT count(*) FROM joinery.tables WHERE schema_name = 'sales'",
+    )
+    .await;
+    assert_eq!(n, vec![vec![Some("0".into())]]);
+    let n = text_rows(
+        &bob,
+        "SELECT count(DISTINCT schema_name) FROM joinery.columns",
+    )
+    .await;
+    assert_eq!(n, vec![vec![Some("1".into())]]);
+
     // Querying it is 42501 however it is reached; the session goes on.
     for sql in [
         "SELECT * FROM sales.customers",
