@@ -41,6 +41,7 @@ pub struct Catalog {
     calls: Arc<CallLog>,
     schemas: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
     connections: RwLock<BTreeMap<String, ConnectionInfo>>,
+    audit: RwLock<Arc<crate::audit::AuditLog>>,
 }
 
 fn poisoned<T>(_: T) -> JoineryError {
@@ -64,10 +65,25 @@ impl Catalog {
             Catalog {
                 name: name.into(),
                 calls: Arc::new(CallLog::default()),
+                audit: RwLock::new(Arc::new(crate::audit::AuditLog::default())),
                 schemas: RwLock::new(schemas),
                 connections: RwLock::new(BTreeMap::new()),
             }
         })
+    }
+
+    /// The audit log (memory-only until [`Catalog::set_audit`]).
+    pub fn audit(&self) -> Arc<crate::audit::AuditLog> {
+        self.audit
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|_| Arc::new(crate::audit::AuditLog::default()))
+    }
+
+    pub fn set_audit(&self, log: Arc<crate::audit::AuditLog>) {
+        if let Ok(mut a) = self.audit.write() {
+            *a = log;
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -150,7 +166,7 @@ impl Catalog {
 
     /// A per-session view of this catalog.
     pub fn session_view(self: &Arc<Self>) -> Arc<SessionCatalog> {
-        self.session_view_for(None)
+        self.session_view_for(None, true)
     }
 
     /// A per-session view that shows only the `granted` connections (`None`: all); system
@@ -158,11 +174,13 @@ impl Catalog {
     pub fn session_view_for(
         self: &Arc<Self>,
         granted: Option<std::collections::BTreeSet<String>>,
+        admin: bool,
     ) -> Arc<SessionCatalog> {
         Arc::new(SessionCatalog {
             shared: self.clone(),
             local: RwLock::new(BTreeMap::new()),
             granted,
+            admin,
         })
     }
 }
@@ -173,9 +191,15 @@ pub struct SessionCatalog {
     shared: Arc<Catalog>,
     local: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
     granted: Option<std::collections::BTreeSet<String>>,
+    /// Platform admin: may read `joinery.audit_log`.
+    admin: bool,
 }
 
 impl SessionCatalog {
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
+
     pub fn shared(&self) -> &Arc<Catalog> {
         &self.shared
     }
@@ -212,15 +236,14 @@ impl CatalogProvider for SessionCatalog {
             return None;
         }
         let schema = self.shared.schema(name)?;
-        match &self.granted {
-            Some(g) if name == SYSTEM_SCHEMA => {
-                Some(Arc::new(crate::grants::GrantedSystemSchema {
-                    inner: schema,
-                    granted: Arc::new(g.clone()),
-                }))
-            }
-            _ => Some(schema),
+        if name == SYSTEM_SCHEMA && (self.granted.is_some() || !self.admin) {
+            return Some(Arc::new(crate::grants::GrantedSystemSchema {
+                inner: schema,
+                granted: self.granted.clone().map(Arc::new),
+                admin: self.admin,
+            }));
         }
+        Some(schema)
     }
 
     fn register_schema(

@@ -19,8 +19,14 @@ use datafusion::physical_plan::filter::FilterExecBuilder;
 #[derive(Debug)]
 pub struct GrantedSystemSchema {
     pub inner: Arc<dyn SchemaProvider>,
-    pub granted: Arc<BTreeSet<String>>,
+    /// Connections the session may see (`None`: all).
+    pub granted: Option<Arc<BTreeSet<String>>>,
+    /// Only admins see the audit log.
+    pub admin: bool,
 }
+
+/// System tables only platform admins read.
+pub const ADMIN_TABLES: [&str; 1] = ["audit_log"];
 
 /// The column of a system table that names a connection.
 fn connection_column(table: &str) -> Option<&'static str> {
@@ -35,25 +41,32 @@ fn connection_column(table: &str) -> Option<&'static str> {
 #[async_trait]
 impl SchemaProvider for GrantedSystemSchema {
     fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
+        let mut names = self.inner.table_names();
+        if !self.admin {
+            names.retain(|n| !ADMIN_TABLES.contains(&n.as_str()));
+        }
+        names
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if !self.admin && ADMIN_TABLES.contains(&name) {
+            return Ok(None);
+        }
         let Some(t) = self.inner.table(name).await? else {
             return Ok(None);
         };
-        Ok(Some(match connection_column(name) {
-            Some(column) => Arc::new(GrantedTable {
+        Ok(Some(match (connection_column(name), &self.granted) {
+            (Some(column), Some(granted)) => Arc::new(GrantedTable {
                 inner: t,
                 column,
-                granted: self.granted.clone(),
+                granted: granted.clone(),
             }),
-            None => t,
+            _ => t,
         }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
+        (self.admin || !ADMIN_TABLES.contains(&name)) && self.inner.table_exist(name)
     }
 }
 

@@ -5,6 +5,7 @@
 //! The engine never names a SaaS tool: connectors live in `joinery-providers` and reach the engine
 //! only through [`connector::Connector`].
 
+pub mod audit;
 pub mod catalog;
 pub mod connector;
 pub mod error;

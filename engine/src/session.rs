@@ -61,7 +61,7 @@ impl SessionFactory {
         &self,
         database: Option<&str>,
     ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
-        self.new_session_for(database, None)
+        self.new_session_for(database, None, true)
     }
 
     /// A session that sees only the `granted` connections (`None`: all).
@@ -69,6 +69,7 @@ impl SessionFactory {
         &self,
         database: Option<&str>,
         granted: Option<std::collections::BTreeSet<String>>,
+        admin: bool,
     ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
         let database = database.unwrap_or(self.catalog.name());
         let mut config = SessionConfig::new()
@@ -108,7 +109,7 @@ impl SessionFactory {
             .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        let view = self.catalog.session_view_for(granted);
+        let view = self.catalog.session_view_for(granted, admin);
         ctx.register_catalog(database, view.clone());
         Ok((ctx, view))
     }

@@ -24,14 +24,37 @@ enum SystemTableKind {
     Tables,
     Columns,
     ApiCalls,
+    AuditLog,
 }
 
+/// Text fields of an audit event, in `joinery.audit_log` column order.
+const AUDIT_TEXT: [(&str, &str, &str); 9] = [
+    ("at", "at", "When the event was recorded (RFC 3339, UTC)"),
+    ("kind", "kind", "statement, call or login"),
+    ("user_name", "user", "The Joinery user"),
+    ("client_addr", "client_addr", "The client's address"),
+    (
+        "statement",
+        "statement",
+        "The SQL (secret-like literals masked)",
+    ),
+    ("connection", "connection", "Connection (tool) called"),
+    ("table_name", "table", "Table being scanned"),
+    (
+        "request",
+        "request",
+        "Method and URL or SQL sent (secrets redacted)",
+    ),
+    ("status", "status", "ok, an SQLSTATE, or the HTTP status"),
+];
+
 impl SystemTableKind {
-    const ALL: [SystemTableKind; 4] = [
+    const ALL: [SystemTableKind; 5] = [
         SystemTableKind::Connections,
         SystemTableKind::Tables,
         SystemTableKind::Columns,
         SystemTableKind::ApiCalls,
+        SystemTableKind::AuditLog,
     ];
 
     fn name(self) -> &'static str {
@@ -40,6 +63,7 @@ impl SystemTableKind {
             SystemTableKind::Tables => "tables",
             SystemTableKind::Columns => "columns",
             SystemTableKind::ApiCalls => "api_calls",
+            SystemTableKind::AuditLog => "audit_log",
         }
     }
 
@@ -132,6 +156,35 @@ impl SystemTableKind {
                 ]),
                 "Recent calls to upstream APIs (the last 10000), newest last",
             ),
+            SystemTableKind::AuditLog => {
+                let mut fields: Vec<Field> = AUDIT_TEXT.iter().map(|(n, _, d)| s(n, d)).collect();
+                fields.insert(
+                    4,
+                    described(
+                        Field::new("query_id", DataType::UInt64, true),
+                        "The statement (links its calls)",
+                    ),
+                );
+                fields.extend([
+                    described(Field::new("rows", DataType::Int64, true), "Rows returned"),
+                    described(
+                        Field::new("bytes", DataType::Int64, true),
+                        "Bytes received from the tool",
+                    ),
+                    described(
+                        Field::new("latency_ms", DataType::Float64, true),
+                        "Duration",
+                    ),
+                    described(
+                        Field::new("cache_hit", DataType::Boolean, true),
+                        "Answered from Joinery's cache",
+                    ),
+                ]);
+                with_table_description(
+                    Schema::new(fields),
+                    "Who asked what of which tool (admins only; the last 10000 events, newest last; the full log is the audit file)",
+                )
+            }
         }
     }
 }
@@ -194,6 +247,42 @@ impl SystemTable {
             .upgrade()
             .ok_or_else(|| DataFusionError::Internal("catalog dropped".into()))?;
         let columns: Vec<ArrayRef> = match self.kind {
+            SystemTableKind::AuditLog => {
+                let events = catalog.audit().recent();
+                let mut text: Vec<StringBuilder> =
+                    AUDIT_TEXT.iter().map(|_| StringBuilder::new()).collect();
+                let mut qid = arrow::array::UInt64Builder::new();
+                let mut rows = arrow::array::Int64Builder::new();
+                let mut bytes = arrow::array::Int64Builder::new();
+                let mut latency = arrow::array::Float64Builder::new();
+                let mut hit = BooleanBuilder::new();
+                for e in &events {
+                    for (b, (_, key, _)) in text.iter_mut().zip(AUDIT_TEXT.iter()) {
+                        b.append_option(match &e[*key] {
+                            serde_json::Value::Null => None,
+                            serde_json::Value::String(s) => Some(s.clone()),
+                            other => Some(other.to_string()),
+                        });
+                    }
+                    qid.append_option(e["query_id"].as_u64());
+                    rows.append_option(e["rows"].as_i64());
+                    bytes.append_option(e["bytes"].as_i64());
+                    latency.append_option(e["latency_ms"].as_f64());
+                    hit.append_option(e["cache_hit"].as_bool());
+                }
+                let mut cols: Vec<ArrayRef> = text
+                    .into_iter()
+                    .map(|mut b| Arc::new(b.finish()) as ArrayRef)
+                    .collect();
+                cols.insert(4, Arc::new(qid.finish()));
+                cols.extend([
+                    Arc::new(rows.finish()) as ArrayRef,
+                    Arc::new(bytes.finish()),
+                    Arc::new(latency.finish()),
+                    Arc::new(hit.finish()),
+                ]);
+                cols
+            }
             SystemTableKind::ApiCalls => {
                 let calls = catalog.calls().recent();
                 let mut at = arrow::array::TimestampMicrosecondBuilder::new().with_timezone("UTC");

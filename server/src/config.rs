@@ -104,6 +104,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub connections: Vec<ConnectionSpec>,
     pub secrets: Option<SecretsConfig>,
+    pub audit: Option<AuditConfig>,
     /// Secrets the connections refer to.
     pub secrets_used: Vec<String>,
 }
@@ -117,6 +118,23 @@ struct RawConfig {
     #[serde(default)]
     users: BTreeMap<String, RawUser>,
     secrets: Option<RawSecrets>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// The JSON-lines file (appended; created 0600).
+    path: String,
+    /// Fail a statement whose audit rows cannot be written (default true).
+    fail_closed: Option<bool>,
+}
+
+/// `[audit]`: where the audit log goes.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    pub fail_closed: bool,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +276,12 @@ impl Config {
                 key_file: s.key_file.as_deref().map(resolve),
             };
             cfg.secrets = Some(sc);
+        }
+        if let Some(a) = &raw.audit {
+            cfg.audit = Some(AuditConfig {
+                path: resolve(&a.path),
+                fail_closed: a.fail_closed.unwrap_or(true),
+            });
         }
         let store = match &cfg.secrets {
             Some(sc) if text.contains("${secret:") => Some(std::rc::Rc::new(sc.open()?)),

@@ -85,6 +85,8 @@ pub struct Shared {
     next_query: std::sync::atomic::AtomicU64,
     pub active_connections: AtomicUsize,
     pub logins: crate::auth::LoginLimiter,
+    /// Running statements: query id -> (user, client address), for audit rows of their calls.
+    running: Mutex<HashMap<u64, (String, SocketAddr)>>,
     /// The TLS certificate (PEM) when TLS is on: SCRAM-SHA-256-PLUS binds to it.
     pub tls_cert_pem: Mutex<Option<Vec<u8>>>,
 }
@@ -100,6 +102,7 @@ impl Shared {
             next_query: std::sync::atomic::AtomicU64::new(1),
             active_connections: AtomicUsize::new(0),
             logins: Default::default(),
+            running: Mutex::new(HashMap::new()),
             tls_cert_pem: Mutex::new(None),
         })
     }
@@ -130,7 +133,11 @@ impl Shared {
         // The session's catalog answers to the database name the client asked for.
         let (ctx, view) = self
             .factory
-            .new_session_for(Some(database), self.config.grants_of(user))
+            .new_session_for(
+                Some(database),
+                self.config.grants_of(user),
+                self.config.is_admin(user),
+            )
             .map_err(|e| SqlError::from(&e))?;
         let settings = Arc::new(Mutex::new(Settings::new(
             user,
@@ -160,6 +167,61 @@ impl Shared {
         ));
         session.apply_settings().await?;
         Ok(session)
+    }
+
+    pub fn audit(&self) -> Arc<joinery_engine::audit::AuditLog> {
+        self.factory.catalog().audit()
+    }
+
+    /// An audit row for a connector call, attributed to its statement's user.
+    pub fn audit_call(&self, c: &joinery_engine::rest::fetch::CallRecord) {
+        let who = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&c.query_id).cloned());
+        let (user, addr) = match &who {
+            Some((u, a)) => (Some(u.as_str()), Some(a.to_string())),
+            None => (None, None),
+        };
+        self.audit().write(serde_json::json!({
+            "kind": "call",
+            "user": user,
+            "client_addr": addr,
+            "query_id": c.query_id,
+            "connection": c.connection,
+            "table": c.table,
+            "request": format!("{} {}", c.method, c.url),
+            "status": c.status.map(|s| s.to_string()).or_else(|| c.error.as_ref().map(|_| "error".to_string())),
+            "error": c.error,
+            "rows": c.rows,
+            "bytes": c.bytes,
+            "latency_ms": c.latency.as_secs_f64() * 1000.0,
+            "cache_hit": c.cache_hit,
+            "attempt": c.attempt,
+        }));
+    }
+
+    /// An audit row for a statement that ended (status `ok` or its SQLSTATE).
+    pub fn audit_statement(
+        &self,
+        session: &Session,
+        query_id: Option<u64>,
+        sql: &str,
+        status: &str,
+        rows: Option<u64>,
+        elapsed: Option<std::time::Duration>,
+    ) {
+        self.audit().write(serde_json::json!({
+            "kind": "statement",
+            "user": session.user,
+            "client_addr": session.addr.to_string(),
+            "query_id": query_id,
+            "statement": joinery_engine::audit::mask_statement(sql),
+            "status": status,
+            "rows": rows,
+            "latency_ms": elapsed.map(|d| d.as_secs_f64() * 1000.0),
+        }));
     }
 
     /// A new statement id (what `joinery.api_calls.query_id` refers to).
@@ -531,6 +593,8 @@ pub struct Prepared {
 #[derive(Clone, Debug)]
 pub enum PreparedKind {
     Query {
+        /// The statement's text, for the audit log.
+        sql: Arc<str>,
         plan: Box<LogicalPlan>,
         param_types: Vec<Type>,
         param_data_types: Vec<Option<DataType>>,
@@ -700,6 +764,18 @@ pub async fn plan_statement(
                     format!("permission denied for schema {schema}"),
                 ));
             }
+            if r.schema() == Some(joinery_engine::SYSTEM_SCHEMA)
+                && joinery_engine::grants::ADMIN_TABLES.contains(&r.table())
+                && !session.catalog.is_admin()
+            {
+                return Err(SqlError::new(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "permission denied for table {}: only admins read it",
+                        r.table()
+                    ),
+                ));
+            }
         }
     }
     let plan = state
@@ -827,7 +903,16 @@ impl StatementParser {
             },
             _ => stmt,
         };
-        let (plan, names) = plan_statement(session, to_plan).await?;
+        let sql: Arc<str> = Arc::from(to_plan.to_string());
+        let (plan, names) = match plan_statement(session, to_plan).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Refused or unplannable statements are audited too (42501 above all).
+                self.shared
+                    .audit_statement(session, None, &sql, e.state.0, None, None);
+                return Err(e);
+            }
+        };
         let mut params = plan
             .get_parameter_types()
             .map_err(|e| from_datafusion(&e))?;
@@ -882,6 +967,7 @@ impl StatementParser {
         };
         Ok(Prepared {
             kind: PreparedKind::Query {
+                sql,
                 plan: Box::new(plan),
                 param_types,
                 param_data_types,
@@ -998,6 +1084,74 @@ async fn guarded<T>(
 
 /// Encode a batch stream into wire rows, stopping with 57014 on cancel or timeout and failing
 /// (never truncating) when a batch fails.
+/// The audit row of one running statement: written once, when it ends (or is abandoned).
+struct StatementAudit {
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    query_id: u64,
+    sql: Arc<str>,
+    started: Instant,
+    failures_before: u64,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl StatementAudit {
+    fn begin(shared: Arc<Shared>, session: Arc<Session>, query_id: u64, sql: Arc<str>) -> Self {
+        if let Ok(mut r) = shared.running.lock() {
+            r.insert(query_id, (session.user.clone(), session.addr));
+        }
+        let failures_before = shared.audit().failures();
+        StatementAudit {
+            shared,
+            session,
+            query_id,
+            sql,
+            started: Instant::now(),
+            failures_before,
+            done: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn finish(&self, status: &str, rows: u64) {
+        if self.done.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.shared.audit_statement(
+            &self.session,
+            Some(self.query_id),
+            &self.sql,
+            status,
+            Some(rows),
+            Some(self.started.elapsed()),
+        );
+        if let Ok(mut r) = self.shared.running.lock() {
+            r.remove(&self.query_id);
+        }
+    }
+
+    /// A statement that ran to the end: `ok`, unless its audit rows could not be written and
+    /// the log fails closed.
+    fn complete(&self, rows: u64) -> Result<(), SqlError> {
+        let log = self.shared.audit();
+        if log.fail_closed && log.failures() > self.failures_before {
+            self.finish("58030", rows);
+            return Err(SqlError::new(
+                SqlState("58030"),
+                "the audit log cannot be written, so the statement is refused (see [audit] fail_closed)",
+            ));
+        }
+        self.finish("ok", rows);
+        Ok(())
+    }
+}
+
+impl Drop for StatementAudit {
+    fn drop(&mut self) {
+        // The client stopped reading (a closed portal, a dropped connection).
+        self.finish("abandoned", 0);
+    }
+}
+
 fn row_stream(
     batches: SendableRecordBatchStream,
     encoder: Arc<ResultEncoder>,
@@ -1005,18 +1159,23 @@ fn row_stream(
     deadline: Option<tokio::time::Instant>,
     started: Instant,
     pid: i32,
+    audit: Arc<StatementAudit>,
 ) -> impl Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send {
     let state = (batches, false, 0usize);
     stream::unfold(state, move |(mut batches, done, rows)| {
         let token = token.clone();
         let encoder = encoder.clone();
+        let audit = audit.clone();
         async move {
             if done {
                 return None;
             }
             let next = guarded(async { Ok(batches.next().await) }, &token, deadline).await;
             match next {
-                Err(e) => Some((Err(e.into_pgwire()), (batches, true, rows))),
+                Err(e) => {
+                    audit.finish(e.state.0, rows as u64);
+                    Some((Err(e.into_pgwire()), (batches, true, rows)))
+                }
                 Ok(None) => {
                     debug!(
                         pid,
@@ -1024,12 +1183,17 @@ fn row_stream(
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "statement finished"
                     );
+                    // Fail closed: a statement whose audit rows were not written fails.
+                    if let Err(e) = audit.complete(rows as u64) {
+                        return Some((Err(e.into_pgwire()), (batches, true, rows)));
+                    }
                     None
                 }
-                Ok(Some(Err(e))) => Some((
-                    Err(from_datafusion(&e).into_pgwire()),
-                    (batches, true, rows),
-                )),
+                Ok(Some(Err(e))) => {
+                    let e = from_datafusion(&e);
+                    audit.finish(e.state.0, rows as u64);
+                    Some((Err(e.into_pgwire()), (batches, true, rows)))
+                }
                 Ok(Some(Ok(batch))) => {
                     let n = batch.num_rows();
                     match encoder.encode(batch) {
@@ -1080,7 +1244,7 @@ fn leak_state(code: &str) -> &'static str {
         "42601", "42P01", "42703", "42883", "3F000", "42704", "42702", "42710", "42804", "42501",
         "22023", "22P02", "22012", "22003", "22000", "0A000", "55P02", "57014", "53200", "53300",
         "53400", "54000", "25P02", "25006", "25P01", "25001", "26000", "34000", "08P01", "08006",
-        "28P01", "28000", "F0000", "38000", "HV000", "HV00N", "HV004", "XX000", "57P01",
+        "28P01", "28000", "F0000", "38000", "HV000", "HV00N", "HV004", "XX000", "57P01", "58030",
     ];
     KNOWN
         .iter()
@@ -1098,11 +1262,18 @@ impl QueryHandler {
         names: Option<&[String]>,
         format: &Format,
         tag: &str,
+        sql: &Arc<str>,
     ) -> Result<Response, SqlError> {
         let token = session.begin_statement();
         let query_id = self.shared.next_query_id();
         session.set_query_id(query_id);
         debug!(pid = session.pid, query_id, "statement");
+        let audit = Arc::new(StatementAudit::begin(
+            self.shared.clone(),
+            session.clone(),
+            query_id,
+            sql.clone(),
+        ));
         let (timeout, opts) = {
             let s = session.settings()?;
             (s.statement_timeout(), Arc::new(s.format_options()))
@@ -1110,7 +1281,7 @@ impl QueryHandler {
         let started = Instant::now();
         let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
         let ctx = session.ctx.clone();
-        let (schema, stream) = guarded(
+        let (schema, stream) = match guarded(
             async move {
                 let df = ctx
                     .execute_logical_plan(plan)
@@ -1122,12 +1293,27 @@ impl QueryHandler {
             &token,
             deadline,
         )
-        .await?;
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                audit.finish(e.state.0, 0);
+                return Err(e);
+            }
+        };
         let encoder = Arc::new(
             ResultEncoder::with_names(&schema, names, format, opts).map_err(pgwire_to_sql)?,
         );
         let fields = encoder.fields.clone();
-        let rows = row_stream(stream, encoder, token, deadline, started, session.pid);
+        let rows = row_stream(
+            stream,
+            encoder,
+            token,
+            deadline,
+            started,
+            session.pid,
+            audit,
+        );
         let mut resp = QueryResponse::new(fields, rows);
         resp.set_command_tag(tag);
         Ok(Response::Query(resp))
@@ -1377,7 +1563,11 @@ impl QueryHandler {
                 self.run_command(client, session, cmd, format, status).await
             }
             PreparedKind::Query {
-                plan, tag, names, ..
+                plan,
+                tag,
+                names,
+                sql,
+                ..
             } => {
                 let plan = match params {
                     Some(p) => plan
@@ -1399,7 +1589,7 @@ impl QueryHandler {
                         plan.as_ref().clone()
                     }
                 };
-                self.run_plan(session, plan, names.as_deref(), format, tag)
+                self.run_plan(session, plan, names.as_deref(), format, tag, sql)
                     .await
             }
         }

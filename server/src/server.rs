@@ -46,8 +46,23 @@ pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
             Err(e) => warn!("secret store: {e}"),
         }
     }
+    if let Some(a) = &config.audit {
+        let log = joinery_engine::audit::AuditLog::open(&a.path, a.fail_closed)
+            .map_err(|e| JoineryError::config(format!("audit log {}: {e}", a.path.display())))?;
+        catalog.set_audit(Arc::new(log));
+    }
     let factory = SessionFactory::new(catalog, config.server.engine.clone());
-    Ok(Shared::new(factory, config.server.clone()))
+    let shared = Shared::new(factory, config.server.clone());
+    // Every connector call becomes an audit row naming the user and client of its statement.
+    let weak = Arc::downgrade(&shared);
+    shared.factory.catalog().calls().set_sink(Arc::new(
+        move |c: &joinery_engine::rest::fetch::CallRecord| {
+            if let Some(shared) = weak.upgrade() {
+                shared.audit_call(c);
+            }
+        },
+    ));
+    Ok(shared)
 }
 
 /// The TLS acceptor of a config (`None` without tls_cert/tls_key).

@@ -282,3 +282,140 @@ async fn tls_required_and_verify_full_from_psql() {
         .expect("psql runs");
     assert!(!out.status.success(), "an untrusted certificate is refused");
 }
+
+#[tokio::test]
+async fn audit_log_names_who_asked_what_of_which_tool_and_never_a_secret() {
+    use chrono::TimeZone;
+    use joinery_providers::github::fake;
+    const TOKEN: &str = "ghp_AuditTestToken0000000000000001";
+    let as_of = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 20, 12, 0, 0)
+        .single()
+        .expect("date");
+    let data = fake::generate(7, as_of, &["acme/api", "acme/web"], &[], 2);
+    let (gh, _) = fake::start(
+        data,
+        Some(TOKEN.into()),
+        5000,
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("fake");
+    let dir = tempfile::tempdir().expect("tmp");
+    let audit_path = dir.path().join("audit.jsonl");
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[audit]
+path = "{audit}"
+
+[connections.github]
+kind = "github"
+base_url = "{base}"
+token = "{TOKEN}"
+repositories = ["acme/api", "acme/web"]
+
+[connections.sales]
+kind = "demo"
+
+[users.alice]
+password = "{a}"
+admin = true
+
+[users.bob]
+password = "{b}"
+grants = ["github"]
+"#,
+        audit = audit_path.display(),
+        base = gh.base_url(),
+        a = make_verifier(ALICE_PW),
+        b = make_verifier(BOB_PW),
+    );
+    let server = TestServer::with_config(&cfg).await;
+    let bob = login(&server, "bob", BOB_PW).await.expect("bob");
+    gh.clear_requests();
+    let n = text_rows(
+        &bob,
+        "SELECT count(*) FROM github.pull_requests WHERE state = 'open'",
+    )
+    .await;
+    assert_eq!(n.len(), 1);
+    let reached = gh.request_count();
+    assert!(reached > 0);
+    // Refused statements are audited too; the audit table is for admins only.
+    let err = bob
+        .simple_query("SELECT * FROM sales.orders")
+        .await
+        .expect_err("42501");
+    assert_eq!(sqlstate(&err), "42501");
+    let err = bob
+        .simple_query("SELECT * FROM joinery.audit_log")
+        .await
+        .expect_err("admins only");
+    assert_eq!(sqlstate(&err), "42501");
+    // A literal that looks like a token is masked in the statement text.
+    text_rows(&bob, "SELECT 'ghp_LiteralSecret999999999' AS t").await;
+    let plan = format!(
+        "{:?}",
+        text_rows(&bob, "EXPLAIN SELECT * FROM github.issues").await
+    );
+    assert!(!plan.contains(TOKEN), "{plan}");
+
+    let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
+    let calls = text_rows(
+        &alice,
+        "SELECT count(*) FROM joinery.audit_log WHERE kind = 'call' AND user_name = 'bob' \
+         AND connection = 'github' AND cache_hit = false",
+    )
+    .await;
+    assert_eq!(
+        calls,
+        vec![vec![Some(reached.to_string())]],
+        "every request that reached the API has an audit row naming bob"
+    );
+    let stmts = text_rows(
+        &alice,
+        "SELECT status, client_addr IS NOT NULL, rows FROM joinery.audit_log \
+         WHERE kind = 'statement' AND user_name = 'bob' ORDER BY at",
+    )
+    .await;
+    let statuses: Vec<&str> = stmts.iter().filter_map(|r| r[0].as_deref()).collect();
+    assert!(
+        statuses.contains(&"ok") && statuses.contains(&"42501"),
+        "{stmts:?}"
+    );
+    assert!(stmts.iter().all(|r| r[1].as_deref() == Some("t")));
+    let linked = text_rows(
+        &alice,
+        "SELECT count(*) FROM joinery.audit_log s JOIN joinery.audit_log c \
+         ON c.query_id = s.query_id AND c.kind = 'call' \
+         WHERE s.kind = 'statement' AND s.statement LIKE '%pull_requests%'",
+    )
+    .await;
+    assert_eq!(
+        linked,
+        vec![vec![Some(reached.to_string())]],
+        "calls link to their statement"
+    );
+
+    // The file has the same rows, and no secret anywhere in it.
+    let text = std::fs::read_to_string(&audit_path).expect("audit file");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert!(lines.len() as u64 >= reached as u64 + 3, "{}", lines.len());
+    assert!(!text.contains(TOKEN), "token in the audit file");
+    assert!(
+        !text.contains("ghp_LiteralSecret999999999"),
+        "literal not masked"
+    );
+    assert!(text.contains("'***'"));
+    let api = format!(
+        "{:?}",
+        text_rows(&alice, "SELECT url FROM joinery.api_calls").await
+    );
+    assert!(!api.contains(TOKEN), "{api}");
+}

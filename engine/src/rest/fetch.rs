@@ -3,6 +3,7 @@
 //! call. Secrets never leave this module: URLs are redacted before they are logged or shown.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -184,18 +185,41 @@ pub struct CallCounters {
     pub latency_micros: u64,
 }
 
+/// Who else hears of each call (the server's audit log).
+pub type CallSink = Arc<dyn Fn(&CallRecord) + Send + Sync>;
+
+#[derive(Default)]
+struct SinkSlot(std::sync::RwLock<Option<CallSink>>);
+
+impl fmt::Debug for SinkSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CallSink")
+    }
+}
+
 /// Recent calls (bounded) and counters, shared by every connection of the process.
 #[derive(Debug, Default)]
 pub struct CallLog {
     recent: Mutex<VecDeque<CallRecord>>,
     total: AtomicU64,
     counters: Mutex<std::collections::BTreeMap<String, CallCounters>>,
+    sink: SinkSlot,
 }
 
 impl CallLog {
     pub const KEEP: usize = 10_000;
 
+    /// Send every call recorded from now on to `sink` as well.
+    pub fn set_sink(&self, sink: CallSink) {
+        if let Ok(mut s) = self.sink.0.write() {
+            *s = Some(sink);
+        }
+    }
+
     pub fn record(&self, r: CallRecord) {
+        if let Some(sink) = self.sink.0.read().ok().and_then(|s| s.clone()) {
+            sink(&r);
+        }
         self.total.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut all) = self.counters.lock() {
             let c = all.entry(r.connection.clone()).or_default();
