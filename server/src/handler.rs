@@ -202,6 +202,17 @@ impl Shared {
         }));
     }
 
+    /// An audit row for a login attempt.
+    pub fn audit_login(&self, user: &str, addr: SocketAddr, status: &str, detail: &str) {
+        self.audit().write(serde_json::json!({
+            "kind": "login",
+            "user": user,
+            "client_addr": addr.to_string(),
+            "status": status,
+            "error": (!detail.is_empty()).then_some(detail),
+        }));
+    }
+
     /// An audit row for a statement that ended (status `ok` or its SQLSTATE).
     pub fn audit_statement(
         &self,
@@ -360,6 +371,8 @@ impl Startup {
             params.push(("application_name".into(), app.clone()));
         }
         info!(pid, user = %user, database = %database, addr = %client.socket_addr(), tls = client.is_secure(), "session started");
+        self.shared
+            .audit_login(&user, client.socket_addr(), "ok", "");
         finish_authentication(client, &Params(params)).await
     }
 }
@@ -397,6 +410,8 @@ impl StartupHandler for Startup {
                 let addr = client.socket_addr();
                 if config.require_tls && !client.is_secure() {
                     warn!(user = %user, %addr, "login refused: plaintext connection while require_tls is on");
+                    self.shared
+                        .audit_login(&user, addr, "28000", "plaintext while require_tls");
                     return Err(fatal(
                         SqlState::INVALID_AUTHORIZATION,
                         "this server requires TLS (connect with sslmode=require)",
@@ -411,6 +426,12 @@ impl StartupHandler for Startup {
                     AuthMethod::Trust => {
                         if !crate::auth::is_loopback(&addr) {
                             warn!(user = %user, %addr, "login refused: trust is for loopback clients only");
+                            self.shared.audit_login(
+                                &user,
+                                addr,
+                                "28000",
+                                "trust from a non-loopback address",
+                            );
                             return Err(fatal(
                                 SqlState::INVALID_AUTHORIZATION,
                                 format!(
@@ -421,6 +442,8 @@ impl StartupHandler for Startup {
                         }
                         if !config.users.is_empty() && !config.users.contains_key(&user) {
                             warn!(user = %user, %addr, "login refused: unknown user");
+                            self.shared
+                                .audit_login(&user, addr, "28P01", "unknown user");
                             return Err(fatal(
                                 SqlState::INVALID_PASSWORD,
                                 format!("role \"{user}\" does not exist"),
@@ -431,6 +454,12 @@ impl StartupHandler for Startup {
                     AuthMethod::Scram => {
                         if let Err(wait) = self.shared.logins.check(&user, addr.ip()) {
                             warn!(user = %user, %addr, "login refused: too many failed attempts");
+                            self.shared.audit_login(
+                                &user,
+                                addr,
+                                "28P01",
+                                "locked out after repeated failures",
+                            );
                             return Err(fatal(
                                 SqlState::INVALID_PASSWORD,
                                 format!(
@@ -487,6 +516,12 @@ impl StartupHandler for Startup {
                     Err(e) => {
                         self.shared.logins.failed(&user, addr.ip());
                         warn!(user = %user, %addr, "login failed: {e}");
+                        self.shared.audit_login(
+                            &user,
+                            addr,
+                            "28P01",
+                            "wrong password or unknown user",
+                        );
                         return Err(fatal(
                             SqlState::INVALID_PASSWORD,
                             format!("password authentication failed for user \"{user}\""),

@@ -123,10 +123,18 @@ async fn python_psycopg_and_sqlalchemy() {
         );
     };
     let s = TestServer::demo().await;
+    // A second server with a SCRAM user, for psycopg's password login.
+    let scram = TestServer::with_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[connections.demo]\nkind = \"demo\"\n\n[users.pyuser]\npassword = \"{}\"\n",
+        joinery_server::auth::make_verifier("py-secret-1")
+    ))
+    .await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/clients_test.py");
     let out = Command::new(&python)
         .arg(&script)
         .args(["--host", "127.0.0.1", "--port", &s.port().to_string()])
+        .args(["--scram-port", &scram.port().to_string()])
+        .args(["--scram-user", "pyuser", "--scram-password", "py-secret-1"])
         .output()
         .await
         .expect("python runs");
@@ -137,7 +145,7 @@ async fn python_psycopg_and_sqlalchemy() {
         "python client tests failed:\n{stdout}\n{stderr}"
     );
     assert!(
-        stdout.contains("all python client checks passed"),
+        stdout.contains("all python client checks passed") && stdout.contains("psycopg scram ok"),
         "{stdout}"
     );
 }

@@ -363,7 +363,24 @@ grants = ["github"]
     );
     assert!(!plan.contains(TOKEN), "{plan}");
 
+    login(&server, "bob", "not-his-password")
+        .await
+        .expect_err("wrong password");
     let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
+    let logins = text_rows(
+        &alice,
+        "SELECT user_name, status FROM joinery.audit_log WHERE kind = 'login' ORDER BY at",
+    )
+    .await;
+    assert_eq!(
+        logins,
+        vec![
+            vec![Some("bob".into()), Some("ok".into())],
+            vec![Some("bob".into()), Some("28P01".into())],
+            vec![Some("alice".into()), Some("ok".into())],
+        ],
+        "logins, failed ones included"
+    );
     let calls = text_rows(
         &alice,
         "SELECT count(*) FROM joinery.audit_log WHERE kind = 'call' AND user_name = 'bob' \

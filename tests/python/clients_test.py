@@ -73,11 +73,29 @@ def sqlalchemy_checks(url):
         check(n > 0, f"paid {n}")
 
 
+def scram_checks(host, port, user, password):
+    # libpq negotiates SCRAM-SHA-256 with the server.
+    with psycopg.connect(f"host={host} port={port} user={user} password={password} dbname=joinery") as conn:
+        who = conn.execute("SELECT current_user").fetchone()[0]
+        check(who == user, f"current_user {who}")
+    try:
+        psycopg.connect(f"host={host} port={port} user={user} password=wrong-{password} dbname=joinery")
+        check(False, "a wrong password was accepted")
+    except psycopg.OperationalError as e:
+        check("password authentication failed" in str(e), f"wrong password: {e}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=5433)
+    ap.add_argument("--scram-port", type=int)
+    ap.add_argument("--scram-user")
+    ap.add_argument("--scram-password")
     a = ap.parse_args()
+    if a.scram_port:
+        scram_checks(a.host, a.scram_port, a.scram_user, a.scram_password)
+        print("psycopg scram ok")
     dsn = f"host={a.host} port={a.port} user=demo dbname=joinery"
     psycopg_checks(dsn)
     print("psycopg ok")
