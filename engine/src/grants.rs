@@ -109,3 +109,28 @@ impl TableProvider for GrantedTable {
         Ok(Arc::new(filter))
     }
 }
+
+/// What one user may reach: granted connections (`None`: all), platform admin, and the
+/// user's own upstream credentials per connection.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub granted: Option<BTreeSet<String>>,
+    pub admin: bool,
+    pub credentials: Option<Arc<UserCredentials>>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            granted: None,
+            admin: true,
+            credentials: None,
+        }
+    }
+}
+
+/// A user's own tokens, by connection (a session config extension: SQL cannot change it).
+#[derive(Debug, Default)]
+pub struct UserCredentials {
+    pub by_connection: std::collections::BTreeMap<String, crate::rest::Secret>,
+}

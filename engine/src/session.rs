@@ -61,15 +61,14 @@ impl SessionFactory {
         &self,
         database: Option<&str>,
     ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
-        self.new_session_for(database, None, true)
+        self.new_session_for(database, crate::grants::Access::default())
     }
 
     /// A session that sees only the `granted` connections (`None`: all).
     pub fn new_session_for(
         &self,
         database: Option<&str>,
-        granted: Option<std::collections::BTreeSet<String>>,
-        admin: bool,
+        access: crate::grants::Access,
     ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
         let database = database.unwrap_or(self.catalog.name());
         let mut config = SessionConfig::new()
@@ -78,6 +77,9 @@ impl SessionFactory {
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(database, DEFAULT_SCHEMA)
             .with_target_partitions(self.config.target_partitions.max(1));
+        if let Some(c) = &access.credentials {
+            config = config.with_extension(c.clone());
+        }
         // Postgres semantics: unquoted identifiers fold to lowercase, `1.5` is numeric.
         config.options_mut().sql_parser.enable_ident_normalization = true;
         config.options_mut().sql_parser.parse_float_as_decimal = true;
@@ -109,7 +111,7 @@ impl SessionFactory {
             .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        let view = self.catalog.session_view_for(granted, admin);
+        let view = self.catalog.session_view_for(access.granted, access.admin);
         ctx.register_catalog(database, view.clone());
         Ok((ctx, view))
     }

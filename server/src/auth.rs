@@ -46,6 +46,8 @@ pub struct UserConfig {
     pub admin: bool,
     /// Connections this user may see and query (`None`: all of them).
     pub grants: Option<BTreeSet<String>>,
+    /// The user's own upstream credentials by connection.
+    pub credentials: BTreeMap<String, joinery_engine::rest::Secret>,
 }
 
 /// A verifier for `password` with a fresh random salt.

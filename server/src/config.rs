@@ -75,6 +75,24 @@ impl ServerConfig {
         }
     }
 
+    /// What `user` may reach, for their sessions.
+    pub fn access_of(&self, user: &str) -> joinery_engine::grants::Access {
+        let credentials = self
+            .users
+            .get(user)
+            .filter(|u| !u.credentials.is_empty())
+            .map(|u| {
+                Arc::new(joinery_engine::grants::UserCredentials {
+                    by_connection: u.credentials.clone(),
+                })
+            });
+        joinery_engine::grants::Access {
+            granted: self.grants_of(user),
+            admin: self.is_admin(user),
+            credentials,
+        }
+    }
+
     /// Platform admin (everyone when no users are configured: a single-user local setup).
     pub fn is_admin(&self, user: &str) -> bool {
         self.users.is_empty() || self.users.get(user).is_some_and(|u| u.admin)
@@ -198,6 +216,9 @@ struct RawUser {
     #[serde(default)]
     admin: bool,
     grants: Option<Vec<String>>,
+    /// The user's own upstream tokens, by connection (`${secret:...}` recommended).
+    #[serde(default)]
+    credentials: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -397,12 +418,27 @@ impl Config {
                     Some(g.into_iter().collect())
                 }
             };
+            let mut credentials = BTreeMap::new();
+            for (conn, value) in &u.credentials {
+                if !cfg.connections.iter().any(|s| &s.name == conn) {
+                    return Err(JoineryError::config(format!(
+                        "{origin}: [users.{name}.credentials] names '{conn}', which is not a connection"
+                    )));
+                }
+                let v = interpolate(value).map_err(|e| {
+                    JoineryError::config(format!(
+                        "{origin}: [users.{name}.credentials] {conn}: {e}"
+                    ))
+                })?;
+                credentials.insert(conn.clone(), joinery_engine::rest::Secret::new(v));
+            }
             users.insert(
                 name,
                 UserConfig {
                     verifier,
                     admin: u.admin,
                     grants,
+                    credentials,
                 },
             );
         }

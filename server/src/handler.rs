@@ -133,11 +133,7 @@ impl Shared {
         // The session's catalog answers to the database name the client asked for.
         let (ctx, view) = self
             .factory
-            .new_session_for(
-                Some(database),
-                self.config.grants_of(user),
-                self.config.is_admin(user),
-            )
+            .new_session_for(Some(database), self.config.access_of(user))
             .map_err(|e| SqlError::from(&e))?;
         let settings = Arc::new(Mutex::new(Settings::new(
             user,

@@ -436,3 +436,78 @@ grants = ["github"]
     );
     assert!(!api.contains(TOKEN), "{api}");
 }
+
+#[tokio::test]
+async fn per_user_upstream_tokens_with_separate_cache_entries() {
+    use chrono::TimeZone;
+    use joinery_providers::github::fake;
+    const TOKEN: &str = "ghp_ServiceToken00000000000000001";
+    let as_of = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 20, 12, 0, 0)
+        .single()
+        .expect("date");
+    let data = fake::generate(7, as_of, &["acme/api"], &[], 2);
+    let (gh, _) = fake::start(
+        data,
+        Some(TOKEN.into()),
+        5000,
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("fake");
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[connections.github]
+kind = "github"
+base_url = "{base}"
+token = "{TOKEN}"
+repositories = ["acme/api"]
+
+[users.alice]
+password = "{a}"
+
+[users.bob]
+password = "{b}"
+credentials = {{ github = "ghp_BobsRevokedToken000000000001" }}
+
+[users.carol]
+password = "{a}"
+credentials = {{ github = "{TOKEN}" }}
+"#,
+        base = gh.base_url(),
+        a = make_verifier(ALICE_PW),
+        b = make_verifier(BOB_PW),
+    );
+    let server = TestServer::with_config(&cfg).await;
+    let q = "SELECT count(*) FROM github.pull_requests";
+    // Alice uses the connection's token and fills the cache.
+    let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
+    let n = text_rows(&alice, q).await;
+    let after_alice = gh.request_count();
+    assert!(after_alice > 0);
+    // Bob's own token reaches the API (and is refused there): Alice's cached pages are not his.
+    let bob = login(&server, "bob", BOB_PW).await.expect("bob");
+    let msg = joinery_tests::assert_upstream_auth_error(
+        &bob,
+        q,
+        "github",
+        "ghp_BobsRevokedToken000000000001",
+    )
+    .await;
+    assert!(!msg.contains(TOKEN), "{msg}");
+    // Carol's token is valid: same rows, fetched under her own cache entries.
+    let before_carol = gh.request_count();
+    let carol = login(&server, "carol", ALICE_PW).await.expect("carol");
+    assert_eq!(text_rows(&carol, q).await, n);
+    assert!(
+        gh.request_count() > before_carol,
+        "carol's pages were fetched with her token, not served from alice's cache"
+    );
+    // Alice again: her cache entries still answer.
+    let before = gh.request_count();
+    assert_eq!(text_rows(&alice, q).await, n);
+    assert_eq!(gh.request_count(), before, "alice's repeat is a cache hit");
+}

@@ -289,6 +289,9 @@ pub struct CallOptions {
     pub max_staleness: Option<Duration>,
     /// How long a page fetched now may be kept (the table's TTL); the connection's otherwise.
     pub ttl: Option<Duration>,
+    /// The querying user's own credential for this connection (sent in place of the
+    /// connection's, in the same form; cached pages are kept apart per credential).
+    pub credential: Option<Secret>,
 }
 
 impl Default for CallOptions {
@@ -299,6 +302,7 @@ impl Default for CallOptions {
             use_cache: true,
             max_staleness: None,
             ttl: None,
+            credential: None,
         }
     }
 }
@@ -607,8 +611,18 @@ impl Fetcher {
         let Some(cache) = self.cache.as_ref().filter(|_| policy.use_cache && !no_ttl) else {
             return self.send_guarded(table, call, &policy).await;
         };
+        let user = policy
+            .credential
+            .as_ref()
+            .map(|c| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                c.expose().hash(&mut h);
+                format!("u{:x}", h.finish())
+            })
+            .unwrap_or_default();
         let key = format!(
-            "{}|{:?}|{}|{}",
+            "{}{user}|{:?}|{}|{}",
             self.identity,
             call.method,
             call.url.as_str(),
@@ -920,6 +934,23 @@ impl Fetcher {
             };
             if let Some(t) = &bearer {
                 rb = rb.bearer_auth(t.expose());
+            }
+            if let Some(c) = &opts.credential {
+                rb = match &self.config.auth {
+                    Auth::Bearer(_) => rb.bearer_auth(c.expose()),
+                    Auth::Header { name, .. } => rb.header(name.as_str(), c.expose()),
+                    Auth::Basic { user, .. } => match c.expose().split_once(':') {
+                        Some((u, p)) => rb.basic_auth(u, Some(p)),
+                        None => rb.basic_auth(user, Some(c.expose())),
+                    },
+                    Auth::None | Auth::Query { .. } | Auth::OAuth2 { .. } => {
+                        return Err(err(
+                            ErrorKind::InvalidInput,
+                            "per-user credentials need a connection with token, header or basic auth"
+                                .into(),
+                        ));
+                    }
+                };
             }
             if let Some(b) = &call.body {
                 rb = rb.json(b);

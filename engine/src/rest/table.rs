@@ -94,14 +94,24 @@ impl TableProvider for RestTable {
                 max_staleness: (o.max_staleness_s > 0)
                     .then(|| std::time::Duration::from_secs(o.max_staleness_s)),
                 ttl: None,
+                credential: None,
             },
             None => CallOptions {
                 records: Some(self.spec.records.clone()),
                 ..CallOptions::default()
             },
         };
+        let credential = state
+            .config()
+            .get_extension::<crate::grants::UserCredentials>()
+            .and_then(|c| {
+                c.by_connection
+                    .get(&self.fetcher.config.connection)
+                    .cloned()
+            });
         let cache = CallOptions {
             ttl: self.spec.cache_ttl_s.map(std::time::Duration::from_secs),
+            credential,
             ..cache
         };
         Ok(Arc::new(
