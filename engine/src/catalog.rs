@@ -166,7 +166,7 @@ impl Catalog {
 
     /// A per-session view of this catalog.
     pub fn session_view(self: &Arc<Self>) -> Arc<SessionCatalog> {
-        self.session_view_for(None, true)
+        self.session_view_for(None, true, Vec::new())
     }
 
     /// A per-session view that shows only the `granted` connections (`None`: all); system
@@ -175,12 +175,14 @@ impl Catalog {
         self: &Arc<Self>,
         granted: Option<std::collections::BTreeSet<String>>,
         admin: bool,
+        row_filters: Vec<(String, String, String)>,
     ) -> Arc<SessionCatalog> {
         Arc::new(SessionCatalog {
             shared: self.clone(),
             local: RwLock::new(BTreeMap::new()),
             granted,
             admin,
+            row_filters,
         })
     }
 }
@@ -193,11 +195,17 @@ pub struct SessionCatalog {
     granted: Option<std::collections::BTreeSet<String>>,
     /// Platform admin: may read `joinery.audit_log`.
     admin: bool,
+    row_filters: Vec<(String, String, String)>,
 }
 
 impl SessionCatalog {
     pub fn is_admin(&self) -> bool {
         self.admin
+    }
+
+    /// Row filters on this session's reads: (schema, table, SQL predicate).
+    pub fn row_filters(&self) -> &[(String, String, String)] {
+        &self.row_filters
     }
 
     pub fn shared(&self) -> &Arc<Catalog> {

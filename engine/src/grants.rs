@@ -117,6 +117,8 @@ pub struct Access {
     pub granted: Option<BTreeSet<String>>,
     pub admin: bool,
     pub credentials: Option<Arc<UserCredentials>>,
+    /// Row filters on this user's reads: (schema, table, SQL predicate).
+    pub row_filters: Vec<(String, String, String)>,
 }
 
 impl Default for Access {
@@ -125,6 +127,7 @@ impl Default for Access {
             granted: None,
             admin: true,
             credentials: None,
+            row_filters: Vec::new(),
         }
     }
 }

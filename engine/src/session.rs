@@ -111,7 +111,9 @@ impl SessionFactory {
             .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        let view = self.catalog.session_view_for(access.granted, access.admin);
+        let view = self
+            .catalog
+            .session_view_for(access.granted, access.admin, access.row_filters);
         ctx.register_catalog(database, view.clone());
         Ok((ctx, view))
     }

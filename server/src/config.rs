@@ -61,6 +61,19 @@ pub struct ServerConfig {
     pub require_tls: bool,
     /// `[users.<name>]`; empty: anyone may connect from loopback (trust).
     pub users: Arc<BTreeMap<String, UserConfig>>,
+    /// `[[row_filters]]`.
+    pub row_filters: Arc<Vec<RowFilter>>,
+}
+
+/// `[[row_filters]]`: rows of `table` a user may read.
+#[derive(Debug, Clone)]
+pub struct RowFilter {
+    pub schema: String,
+    pub table: String,
+    /// A SQL predicate over the table's columns; `current_user` is the user's name.
+    pub filter: String,
+    /// Whom it applies to (`None`: every user who is not an admin).
+    pub users: Option<std::collections::BTreeSet<String>>,
 }
 
 impl ServerConfig {
@@ -86,10 +99,27 @@ impl ServerConfig {
                     by_connection: u.credentials.clone(),
                 })
             });
+        let admin = self.is_admin(user);
+        let row_filters = self
+            .row_filters
+            .iter()
+            .filter(|f| match &f.users {
+                Some(u) => u.contains(user),
+                None => !admin,
+            })
+            .map(|f| {
+                (
+                    f.schema.clone(),
+                    f.table.clone(),
+                    with_current_user(&f.filter, user),
+                )
+            })
+            .collect();
         joinery_engine::grants::Access {
             granted: self.grants_of(user),
-            admin: self.is_admin(user),
+            admin,
             credentials,
+            row_filters,
         }
     }
 
@@ -113,6 +143,7 @@ impl Default for ServerConfig {
             tls: None,
             require_tls: false,
             users: Arc::new(BTreeMap::new()),
+            row_filters: Arc::new(Vec::new()),
         }
     }
 }
@@ -137,6 +168,17 @@ struct RawConfig {
     users: BTreeMap<String, RawUser>,
     secrets: Option<RawSecrets>,
     audit: Option<RawAudit>,
+    #[serde(default)]
+    row_filters: Vec<RawRowFilter>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRowFilter {
+    /// `connection.table`.
+    table: String,
+    filter: String,
+    users: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +275,37 @@ struct RawServer {
     tls_cert: Option<String>,
     tls_key: Option<String>,
     require_tls: Option<bool>,
+}
+
+/// `filter` with the word `current_user` (outside string literals) replaced by `user` as a
+/// quoted literal.
+pub fn with_current_user(filter: &str, user: &str) -> String {
+    let lit = format!("'{}'", user.replace('\'', "''"));
+    let mut out = String::new();
+    for (i, part) in filter.split('\'').enumerate() {
+        if i > 0 {
+            out.push('\'');
+        }
+        if i % 2 == 1 {
+            out.push_str(part);
+            continue;
+        }
+        let mut rest = part;
+        while let Some(pos) = rest.to_ascii_lowercase().find("current_user") {
+            let before = rest[..pos].chars().last();
+            let after = rest[pos + 12..].chars().next();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            out.push_str(&rest[..pos]);
+            if word(before) || word(after) {
+                out.push_str(&rest[pos..pos + 12]);
+            } else {
+                out.push_str(&lit);
+            }
+            rest = &rest[pos + 12..];
+        }
+        out.push_str(rest);
+    }
+    out
 }
 
 /// Where a byte offset of the source lies, for messages.
@@ -442,7 +515,37 @@ impl Config {
                 },
             );
         }
+        let mut filters = Vec::new();
+        for f in raw.row_filters {
+            let Some((schema, table)) = f.table.split_once('.') else {
+                return Err(JoineryError::config(format!(
+                    "{origin}: [[row_filters]] table '{}' must be connection.table",
+                    f.table
+                )));
+            };
+            if !cfg.connections.iter().any(|c| c.name == schema) {
+                return Err(JoineryError::config(format!(
+                    "{origin}: [[row_filters]] table '{}': no connection '{schema}'",
+                    f.table
+                )));
+            }
+            if let Some(u) = &f.users
+                && let Some(bad) = u.iter().find(|u| !users.contains_key(*u))
+            {
+                return Err(JoineryError::config(format!(
+                    "{origin}: [[row_filters]] on '{}' names user '{bad}', who is not in [users]",
+                    f.table
+                )));
+            }
+            filters.push(RowFilter {
+                schema: schema.to_string(),
+                table: table.to_string(),
+                filter: f.filter,
+                users: f.users.map(|u| u.into_iter().collect()),
+            });
+        }
         cfg.server.users = Arc::new(users);
+        cfg.server.row_filters = Arc::new(filters);
         Ok(cfg)
     }
 }
@@ -683,6 +786,19 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn current_user_becomes_a_literal_outside_quotes_only() {
+        assert_eq!(
+            with_current_user("owner = current_user AND note <> 'current_user'", "o'neil"),
+            "owner = 'o''neil' AND note <> 'current_user'"
+        );
+        assert_eq!(
+            with_current_user("my_current_user = 1", "x"),
+            "my_current_user = 1"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -819,6 +819,7 @@ pub async fn plan_statement(
         }
         other => other,
     };
+    let plan = apply_row_filters(session, plan)?;
     // Joinery is read-only: no DDL, DML, or DataFusion statements (SET is handled before).
     datafusion::execution::context::SQLOptions::new()
         .with_allow_ddl(false)
@@ -838,6 +839,54 @@ pub async fn plan_statement(
 
 /// Fill in parameter types DataFusion left open, the way Postgres would resolve them:
 /// `$1::int[]` takes the cast's type, `x = ANY($1)` is an array of x's type.
+/// The session's row filters as Filter nodes right above each scan of their table, wherever it
+/// appears (joins, subqueries, CTEs, EXPLAIN), before any optimization.
+fn apply_row_filters(session: &Session, plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
+    let filters = session.catalog.row_filters();
+    if filters.is_empty() {
+        return Ok(plan);
+    }
+    let state = session.ctx.state();
+    plan.transform_up_with_subqueries(|node| {
+        let LogicalPlan::TableScan(scan) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        let (schema, table) = match &scan.table_name {
+            datafusion::common::TableReference::Partial { schema, table }
+            | datafusion::common::TableReference::Full { schema, table, .. } => {
+                (schema.as_ref(), table.as_ref())
+            }
+            datafusion::common::TableReference::Bare { .. } => return Ok(Transformed::no(node)),
+        };
+        let mut predicate: Option<Expr> = None;
+        for (s, t, sql) in filters {
+            if s == schema && t == table {
+                let e = state.create_logical_expr(sql, scan.projected_schema.as_ref())?;
+                predicate = Some(match predicate {
+                    Some(p) => p.and(e),
+                    None => e,
+                });
+            }
+        }
+        match predicate {
+            Some(p) => Ok(Transformed::yes(LogicalPlan::Filter(
+                datafusion::logical_expr::Filter::try_new(p, Arc::new(node))?,
+            ))),
+            None => Ok(Transformed::no(node)),
+        }
+    })
+    .map(|t| t.data)
+    .map_err(|e| {
+        SqlError::new(
+            SqlState::CONFIG_FILE_ERROR,
+            format!(
+                "row filter cannot be applied: {}",
+                from_datafusion(&e).message
+            ),
+        )
+    })
+}
+
 fn refine_parameter_types(plan: &LogicalPlan, params: &mut HashMap<String, Option<DataType>>) {
     use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::logical_expr::ExprSchemable;

@@ -511,3 +511,83 @@ credentials = {{ github = "{TOKEN}" }}
     assert_eq!(text_rows(&alice, q).await, n);
     assert_eq!(gh.request_count(), before, "alice's repeat is a cache hit");
 }
+
+#[tokio::test]
+async fn row_filters_hold_under_joins_subqueries_ctes_and_explain() {
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[connections.sales]
+kind = "demo"
+
+[users.alice]
+password = "{a}"
+admin = true
+
+[users.bob]
+password = "{b}"
+
+[[row_filters]]
+table = "sales.customers"
+filter = "region = 'EMEA' OR name = current_user"
+"#,
+        a = make_verifier(ALICE_PW),
+        b = make_verifier(BOB_PW),
+    );
+    let server = TestServer::with_config(&cfg).await;
+    let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
+    let bob = login(&server, "bob", BOB_PW).await.expect("bob");
+    let emea = "(region = 'EMEA' OR name = 'bob')";
+    for (bobs, alices) in [
+        (
+            "SELECT count(*) FROM sales.customers".to_string(),
+            format!("SELECT count(*) FROM sales.customers WHERE {emea}"),
+        ),
+        (
+            "SELECT count(*) FROM sales.orders o JOIN sales.customers c ON c.id = o.customer_id"
+                .to_string(),
+            format!(
+                "SELECT count(*) FROM sales.orders o JOIN sales.customers c ON c.id = o.customer_id WHERE {emea}"
+            ),
+        ),
+        (
+            "SELECT count(*) FROM sales.orders WHERE customer_id IN (SELECT id FROM sales.customers)"
+                .to_string(),
+            format!(
+                "SELECT count(*) FROM sales.orders WHERE customer_id IN (SELECT id FROM sales.customers WHERE {emea})"
+            ),
+        ),
+        (
+            "WITH c AS (SELECT * FROM sales.customers) SELECT count(DISTINCT region) FROM c"
+                .to_string(),
+            format!("SELECT count(DISTINCT region) FROM sales.customers WHERE {emea}"),
+        ),
+    ] {
+        let b = text_rows(&bob, &bobs).await;
+        let a = text_rows(&alice, &alices).await;
+        assert_eq!(b, a, "{bobs}");
+    }
+    let all = text_rows(&alice, "SELECT count(*) FROM sales.customers").await;
+    let mine = text_rows(&bob, "SELECT count(*) FROM sales.customers").await;
+    assert_ne!(
+        all, mine,
+        "the filter narrows bob's rows; alice (admin) sees all"
+    );
+    let plan = format!(
+        "{:?}",
+        text_rows(&bob, "EXPLAIN SELECT name FROM sales.customers").await
+    );
+    assert!(plan.contains("EMEA"), "{plan}");
+    // Prepared statements too.
+    let rows = bob
+        .query(
+            "SELECT count(*) FROM sales.customers WHERE id > $1",
+            &[&0i64],
+        )
+        .await
+        .expect("prepared");
+    let n: i64 = rows[0].get(0);
+    assert_eq!(Some(n.to_string()), mine[0][0].clone());
+}
