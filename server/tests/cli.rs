@@ -191,3 +191,41 @@ fn password_prints_a_verifier_not_the_password() {
     assert!(out.starts_with("SCRAM-SHA-256$4096:"), "{out}");
     assert!(!out.contains("correct horse"));
 }
+
+#[test]
+fn secrets_never_reach_logs_errors_or_check_output() {
+    // Debug logs, a failing upstream, EXPLAIN and `joinery check`: the token appears in none.
+    const TOKEN: &str = "ghp_RedactionProbe0000000000000042";
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("joinery.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[connections.gh]\nkind = \"github\"\nbase_url = \"http://127.0.0.1:9\"\ntoken = \"{TOKEN}\"\nrepositories = [\"acme/api\"]\nmax_attempts = 1\n\n[connections.pd]\nkind = \"pagerduty\"\nbase_url = \"http://127.0.0.1:9\"\ntoken = \"{TOKEN}\"\nmax_attempts = 1\n"
+        ),
+    )
+    .expect("config");
+    let cfg_s = cfg.display().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_joinery"))
+            .args(args)
+            .env("RUST_LOG", "trace")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("joinery runs");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let mut all = String::new();
+    all.push_str(&run(&["check", "-c", &cfg_s]));
+    all.push_str(&run(&["query", "-c", &cfg_s, "SELECT * FROM gh.issues"]));
+    all.push_str(&run(&["query", "-c", &cfg_s, "SELECT * FROM pd.incidents"]));
+    all.push_str(&run(&["query", "-c", &cfg_s, "EXPLAIN SELECT * FROM gh.pull_requests"]));
+    assert!(all.contains("gh"), "the runs said something: {all}");
+    assert!(all.len() > 1000, "trace logging was on: {} bytes", all.len());
+    assert!(!all.contains(TOKEN), "token leaked:\n{all}");
+    assert!(!all.contains("RedactionProbe"), "part of the token leaked");
+}
