@@ -31,6 +31,8 @@ pub enum Command {
     Noop(&'static str),
     /// `SELECT joinery.refresh('connection')`: re-read a connection's tables and columns.
     Refresh(String),
+    /// `SELECT joinery.rotate_secret('name', 'new value')` (admins): replace a stored secret.
+    RotateSecret(String, joinery_engine::rest::Secret),
 }
 
 impl Command {
@@ -46,7 +48,7 @@ impl Command {
     pub fn returns_rows(&self) -> bool {
         matches!(
             self,
-            Command::Show(_) | Command::ShowAll | Command::Refresh(_)
+            Command::Show(_) | Command::ShowAll | Command::Refresh(_) | Command::RotateSecret(..)
         )
     }
 }
@@ -225,17 +227,29 @@ fn refresh_call(q: &datafusion::sql::sqlparser::ast::Query) -> Option<Command> {
         return None;
     };
     // The compatibility parser drops schema qualifiers from function names.
-    if !matches!(object_name(&f.name).as_str(), "joinery.refresh" | "refresh") {
-        return None;
-    }
+    let name = object_name(&f.name);
     let FunctionArguments::List(list) = &f.args else {
         return None;
     };
-    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))] = list.args.as_slice() else {
-        return None;
-    };
-    match &v.value {
-        Value::SingleQuotedString(name) => Some(Command::Refresh(name.clone())),
+    let strings: Option<Vec<String>> = list
+        .args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
+                Value::SingleQuotedString(s) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    match (name.as_str(), strings?.as_slice()) {
+        ("joinery.refresh" | "refresh", [conn]) => Some(Command::Refresh(conn.clone())),
+        ("joinery.rotate_secret" | "rotate_secret", [secret, value]) => {
+            Some(Command::RotateSecret(
+                secret.clone(),
+                joinery_engine::rest::Secret::new(value.clone()),
+            ))
+        }
         _ => None,
     }
 }

@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub users: Arc<BTreeMap<String, UserConfig>>,
     /// `[[row_filters]]`.
     pub row_filters: Arc<Vec<RowFilter>>,
+    /// `[secrets]`, for `joinery.rotate_secret(...)`.
+    pub secrets: Option<SecretsConfig>,
 }
 
 /// `[[row_filters]]`: rows of `table` a user may read.
@@ -144,6 +146,7 @@ impl Default for ServerConfig {
             require_tls: false,
             users: Arc::new(BTreeMap::new()),
             row_filters: Arc::new(Vec::new()),
+            secrets: None,
         }
     }
 }
@@ -369,6 +372,7 @@ impl Config {
                 path: resolve(&s.path),
                 key_file: s.key_file.as_deref().map(resolve),
             };
+            cfg.server.secrets = Some(sc.clone());
             cfg.secrets = Some(sc);
         }
         if let Some(a) = &raw.audit {

@@ -1128,6 +1128,11 @@ fn show_schema(c: &Command) -> Option<SchemaRef> {
             DataType::Utf8,
             true,
         )]))),
+        Command::RotateSecret(..) => Some(Arc::new(Schema::new(vec![Field::new(
+            "rotate_secret",
+            DataType::Utf8,
+            true,
+        )]))),
         Command::ShowAll => Some(Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, false),
             Field::new("setting", DataType::Utf8, true),
@@ -1399,6 +1404,31 @@ impl QueryHandler {
         Ok(Response::Query(resp))
     }
 
+    /// `joinery.rotate_secret`: admins only, against the configured store.
+    fn rotate_secret(
+        &self,
+        session: &Session,
+        name: &str,
+        value: &joinery_engine::rest::Secret,
+    ) -> Result<(), SqlError> {
+        if !session.catalog.is_admin() {
+            return Err(SqlError::new(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "permission denied: only admins manage secrets",
+            ));
+        }
+        let sc = self.shared.config.secrets.as_ref().ok_or_else(|| {
+            SqlError::new(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "this server has no [secrets] store configured",
+            )
+        })?;
+        let mut store = sc.open().map_err(|e| SqlError::from(&e))?;
+        store
+            .rotate(name, value.expose(), &session.user)
+            .map_err(|e| SqlError::new(SqlState::INVALID_PARAMETER_VALUE, e))
+    }
+
     /// Run a session command.
     async fn run_command<C>(
         &self,
@@ -1462,7 +1492,40 @@ impl QueryHandler {
                 let opts = Arc::new(session.settings()?.format_options());
                 Response::Query(batch_response(schema, batch, format, "SHOW", opts)?)
             }
+            Command::RotateSecret(name, value) => {
+                let masked = format!("SELECT joinery.rotate_secret('{name}', '***')");
+                let outcome = self.rotate_secret(session, name, value);
+                self.shared.audit_statement(
+                    session,
+                    None,
+                    &masked,
+                    match &outcome {
+                        Ok(()) => "ok",
+                        Err(e) => e.state.0,
+                    },
+                    None,
+                    None,
+                );
+                outcome?;
+                let schema = show_schema(cmd)
+                    .ok_or_else(|| SqlError::new(SqlState::INTERNAL_ERROR, "rotate schema"))?;
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(arrow::array::StringArray::from(vec![format!(
+                        "rotated {name}; servers pick it up at their next start"
+                    )]))],
+                )
+                .map_err(|e| SqlError::new(SqlState::INTERNAL_ERROR, e.to_string()))?;
+                let opts = Arc::new(session.settings()?.format_options());
+                Response::Query(batch_response(schema, batch, format, "SELECT 1", opts)?)
+            }
             Command::Refresh(name) => {
+                if !session.catalog.is_admin() {
+                    return Err(SqlError::new(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        "permission denied: only admins refresh connections",
+                    ));
+                }
                 let catalog = self.shared.factory.catalog();
                 catalog
                     .refresh(name)

@@ -223,9 +223,18 @@ fn secrets_never_reach_logs_errors_or_check_output() {
     all.push_str(&run(&["check", "-c", &cfg_s]));
     all.push_str(&run(&["query", "-c", &cfg_s, "SELECT * FROM gh.issues"]));
     all.push_str(&run(&["query", "-c", &cfg_s, "SELECT * FROM pd.incidents"]));
-    all.push_str(&run(&["query", "-c", &cfg_s, "EXPLAIN SELECT * FROM gh.pull_requests"]));
+    all.push_str(&run(&[
+        "query",
+        "-c",
+        &cfg_s,
+        "EXPLAIN SELECT * FROM gh.pull_requests",
+    ]));
     assert!(all.contains("gh"), "the runs said something: {all}");
-    assert!(all.len() > 1000, "trace logging was on: {} bytes", all.len());
+    assert!(
+        all.len() > 1000,
+        "trace logging was on: {} bytes",
+        all.len()
+    );
     assert!(!all.contains(TOKEN), "token leaked:\n{all}");
     assert!(!all.contains("RedactionProbe"), "part of the token leaked");
 }

@@ -591,3 +591,59 @@ filter = "region = 'EMEA' OR name = current_user"
     let n: i64 = rows[0].get(0);
     assert_eq!(Some(n.to_string()), mine[0][0].clone());
 }
+
+#[tokio::test]
+async fn only_admins_rotate_secrets_and_refresh_connections() {
+    use joinery_server::secrets::{SecretStore, load_key, write_key_file};
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("k");
+    write_key_file(&key).expect("key");
+    let store_path = dir.path().join("secrets.json");
+    let k = load_key(Some(&key)).expect("load key");
+    SecretStore::open(&store_path, k)
+        .expect("store")
+        .set("sales_token", "old-value-1", "setup", None)
+        .expect("set");
+    let audit = dir.path().join("audit.jsonl");
+    let cfg = config("").replace(
+        "[connections.sales]",
+        &format!(
+            "[secrets]\npath = \"{}\"\nkey_file = \"{}\"\n\n[audit]\npath = \"{}\"\n\n[connections.sales]",
+            store_path.display(),
+            key.display(),
+            audit.display()
+        ),
+    );
+    let server = TestServer::with_config(&cfg).await;
+    let bob = login(&server, "bob", BOB_PW).await.expect("bob");
+    for sql in [
+        "SELECT joinery.rotate_secret('sales_token', 'bobs-value-2')",
+        "SELECT joinery.refresh('engineering')",
+    ] {
+        let err = bob.simple_query(sql).await.expect_err("admins only");
+        assert_eq!(sqlstate(&err), "42501", "{sql}");
+    }
+    let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
+    let rows = text_rows(
+        &alice,
+        "SELECT joinery.rotate_secret('sales_token', 'new-value-3')",
+    )
+    .await;
+    assert!(
+        rows[0][0]
+            .as_deref()
+            .unwrap_or_default()
+            .contains("rotated")
+    );
+    let store = SecretStore::open(&store_path, k).expect("store");
+    assert_eq!(store.get("sales_token").as_deref(), Ok("new-value-3"));
+    let text = std::fs::read_to_string(&audit).expect("audit");
+    assert!(
+        text.contains("rotate_secret('sales_token', '***')"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("new-value-3") && !text.contains("bobs-value-2"),
+        "{text}"
+    );
+}
