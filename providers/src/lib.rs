@@ -17,4 +17,6 @@ pub mod slack;
 pub mod sqldb;
 pub mod stripe;
 
-pub use registry::{BuildContext, ConnectionSpec, ConnectorFactory, factories, factory_for};
+pub use registry::{
+    BuildContext, ConnectionSpec, ConnectorFactory, SecretWriter, factories, factory_for,
+};

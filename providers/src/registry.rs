@@ -15,6 +15,8 @@ pub struct ConnectionSpec {
     pub options: BTreeMap<String, serde_json::Value>,
     /// The config file's directory: relative paths in options are relative to it.
     pub base_dir: Option<std::path::PathBuf>,
+    /// Options whose whole value was `${secret:NAME}`: option key -> secret name.
+    pub secret_refs: BTreeMap<String, String>,
 }
 
 impl ConnectionSpec {
@@ -54,11 +56,24 @@ impl ConnectionSpec {
 }
 
 /// What connectors share with the engine when they are built.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct BuildContext {
     /// Where every API call is recorded (`joinery.api_calls`).
     pub calls: Arc<joinery_engine::rest::CallLog>,
+    /// Stores a new value for a named secret (rotated OAuth refresh tokens).
+    pub secret_writer: Option<SecretWriter>,
 }
+
+impl std::fmt::Debug for BuildContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildContext")
+            .field("secret_writer", &self.secret_writer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `(secret name, new value)` -> stored encrypted.
+pub type SecretWriter = Arc<dyn Fn(&str, &str) -> std::result::Result<(), String> + Send + Sync>;
 
 /// Builds connectors of one kind.
 pub trait ConnectorFactory: Send + Sync {

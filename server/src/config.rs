@@ -602,6 +602,7 @@ fn connection_spec(
         base_url: None,
         options: BTreeMap::new(),
         base_dir: None,
+        secret_refs: Default::default(),
     };
     for (key, value) in &table {
         match key.as_str() {
@@ -623,6 +624,13 @@ fn connection_spec(
                 }
             },
             other if factory.option_keys().contains(&other) => {
+                if let toml::Value::String(v) = value.get_ref()
+                    && let Some(name) = v
+                        .strip_prefix("${secret:")
+                        .and_then(|r| r.strip_suffix('}'))
+                {
+                    spec.secret_refs.insert(other.to_string(), name.to_string());
+                }
                 let json = to_json(value.get_ref()).map_err(|e| {
                     JoineryError::config(format!(
                         "{}: [connections.{name}] {other}: {e}",

@@ -217,6 +217,7 @@ async fn demo_config(
         .into_iter()
         .collect(),
         base_dir: None,
+        secret_refs: Default::default(),
     });
     // The warehouse side of the demo world: files written fresh on every start.
     let dir = std::env::temp_dir().join(format!(

@@ -21,8 +21,16 @@ use crate::handler::{Handlers, Shared, log_connection_error};
 /// Build the catalog and everything a server needs from a config.
 pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
     let catalog = Catalog::new(config.server.database.clone());
+    // Rotated OAuth refresh tokens go back to the store, encrypted.
+    let secret_writer: Option<joinery_providers::SecretWriter> = config.secrets.clone().map(|sc| {
+        Arc::new(move |name: &str, value: &str| {
+            let mut store = sc.open().map_err(|e| e.to_string())?;
+            store.rotate(name, value, "oauth-refresh")
+        }) as joinery_providers::SecretWriter
+    });
     let ctx = BuildContext {
         calls: catalog.calls().clone(),
+        secret_writer,
     };
     for spec in &config.connections {
         let factory = factory_for(&spec.kind).ok_or_else(|| {

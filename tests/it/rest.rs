@@ -581,6 +581,69 @@ columns = [ {{ name = "id", type = "bigint" }} ]
 }
 
 #[tokio::test]
+async fn rotated_refresh_tokens_are_written_back_encrypted() {
+    use joinery_server::secrets::{SecretStore, load_key, write_key_file};
+    let fake = FakeApi::start(Style::Link, records(5), 10, 10)
+        .await
+        .expect("fake");
+    fake.require_oauth();
+    let dir = tempfile::tempdir().expect("tmp");
+    let key_path = dir.path().join("k");
+    write_key_file(&key_path).expect("key");
+    let key = load_key(Some(&key_path)).expect("key");
+    let store_path = dir.path().join("secrets.json");
+    SecretStore::open(&store_path, key)
+        .expect("store")
+        .set("crm_refresh", "refresh-0", "setup", None)
+        .expect("set");
+    let cfg = format!(
+        r#"
+[secrets]
+path = "{store}"
+key_file = "{key}"
+
+[connections.crm]
+kind = "rest"
+base_url = "{base}"
+oauth_token_url = "/oauth/token"
+client_id = "joinery"
+client_secret = "s3cr3t-client"
+refresh_token = "${{secret:crm_refresh}}"
+cache_ttl_s = 0
+
+[[connections.crm.tables]]
+name = "items"
+path = "/items"
+pagination = {{ type = "link_header" }}
+columns = [ {{ name = "id", type = "bigint" }} ]
+"#,
+        store = store_path.display(),
+        key = key_path.display(),
+        base = fake.base_url()
+    );
+    let s = TestServer::with_config(&cfg).await;
+    let c = s.client().await;
+    assert_eq!(
+        text_rows(&c, "SELECT count(*) FROM crm.items").await[0][0].as_deref(),
+        Some("5")
+    );
+    let stored = |n: &str| {
+        let st = SecretStore::open(&store_path, key).expect("store");
+        assert_eq!(st.get("crm_refresh").as_deref(), Ok(n));
+        let raw = std::fs::read_to_string(&store_path).expect("file");
+        assert!(!raw.contains(n), "encrypted at rest");
+    };
+    // The OAuth server rotated refresh-0 into refresh-1: the store now holds refresh-1.
+    stored("refresh-1");
+    fake.inject(Fault::ExpireToken);
+    assert_eq!(
+        text_rows(&c, "SELECT count(*) FROM crm.items").await[0][0].as_deref(),
+        Some("5")
+    );
+    stored("refresh-2");
+}
+
+#[tokio::test]
 async fn order_by_limit_is_answered_by_the_api() {
     let (fake, s) = setup(Style::Link, 57).await;
     let c = s.client().await;

@@ -96,8 +96,20 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Called with a refresh token the OAuth server rotated (to store it back, encrypted).
+#[derive(Clone)]
+pub struct RefreshHook(pub Arc<dyn Fn(&Secret) + Send + Sync>);
+
+impl fmt::Debug for RefreshHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshHook")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
+    /// Told of each rotated OAuth refresh token.
+    pub on_refresh_token: Option<RefreshHook>,
     pub connection: String,
     pub base_url: Url,
     pub auth: Auth,
@@ -130,6 +142,7 @@ impl FetchConfig {
             base.set_path(&p);
         }
         Ok(Self {
+            on_refresh_token: None,
             connection,
             base_url: base,
             auth: Auth::None,
@@ -839,7 +852,12 @@ impl Fetcher {
         if let Some(r) = body.get("refresh_token").and_then(Value::as_str)
             && let Ok(mut slot) = self.refresh_token.lock()
         {
-            *slot = Some(Secret::new(r));
+            let new = Secret::new(r);
+            let changed = slot.as_ref() != Some(&new) && refresh.is_none_or(|old| old != &new);
+            *slot = Some(new.clone());
+            if changed && let Some(hook) = &self.config.on_refresh_token {
+                (hook.0)(&new);
+            }
         }
         let instance_url = body
             .get("instance_url")

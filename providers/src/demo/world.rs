@@ -72,6 +72,7 @@ fn spec(
             .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default(),
         base_dir: None,
+        secret_refs: Default::default(),
     }
 }
 

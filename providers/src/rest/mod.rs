@@ -141,6 +141,21 @@ pub fn fetcher_from(
     if let Some(s) = spec.u64_option("breaker_cooldown_s")? {
         cfg.breaker_cooldown = Duration::from_secs(s);
     }
+    // A refresh token kept in the secret store: rotated ones are written back, encrypted.
+    if let (Some(name), Some(writer)) = (spec.secret_refs.get("refresh_token"), &ctx.secret_writer)
+    {
+        let (name, writer, conn) = (name.clone(), writer.clone(), spec.name.clone());
+        cfg.on_refresh_token = Some(joinery_engine::rest::fetch::RefreshHook(Arc::new(
+            move |t: &Secret| match writer(&name, t.expose()) {
+                Ok(()) => {
+                    tracing::info!(connection = %conn, secret = %name, "rotated refresh token stored")
+                }
+                Err(e) => {
+                    tracing::error!(connection = %conn, secret = %name, "cannot store the rotated refresh token: {e}")
+                }
+            },
+        )));
+    }
     Ok(Arc::new(Fetcher::new(cfg, ctx.calls.clone())?))
 }
 
