@@ -42,6 +42,8 @@ pub struct Catalog {
     schemas: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
     connections: RwLock<BTreeMap<String, ConnectionInfo>>,
     audit: RwLock<Arc<crate::audit::AuditLog>>,
+    /// System tables the front end adds (`joinery.secrets`).
+    extra_system: RwLock<BTreeMap<String, Arc<dyn datafusion::catalog::TableProvider>>>,
 }
 
 fn poisoned<T>(_: T) -> JoineryError {
@@ -66,6 +68,7 @@ impl Catalog {
                 name: name.into(),
                 calls: Arc::new(CallLog::default()),
                 audit: RwLock::new(Arc::new(crate::audit::AuditLog::default())),
+                extra_system: RwLock::new(BTreeMap::new()),
                 schemas: RwLock::new(schemas),
                 connections: RwLock::new(BTreeMap::new()),
             }
@@ -78,6 +81,22 @@ impl Catalog {
             .read()
             .map(|a| a.clone())
             .unwrap_or_else(|_| Arc::new(crate::audit::AuditLog::default()))
+    }
+
+    /// Add a table to the `joinery` schema.
+    pub fn add_system_table(&self, name: &str, table: Arc<dyn datafusion::catalog::TableProvider>) {
+        if let Ok(mut t) = self.extra_system.write() {
+            t.insert(name.to_string(), table);
+        }
+    }
+
+    pub fn extra_system_tables(
+        &self,
+    ) -> BTreeMap<String, Arc<dyn datafusion::catalog::TableProvider>> {
+        self.extra_system
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_default()
     }
 
     pub fn set_audit(&self, log: Arc<crate::audit::AuditLog>) {

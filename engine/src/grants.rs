@@ -26,7 +26,7 @@ pub struct GrantedSystemSchema {
 }
 
 /// System tables only platform admins read.
-pub const ADMIN_TABLES: [&str; 1] = ["audit_log"];
+pub const ADMIN_TABLES: [&str; 2] = ["audit_log", "secrets"];
 
 /// The column of a system table that names a connection.
 fn connection_column(table: &str) -> Option<&'static str> {

@@ -204,13 +204,24 @@ impl SystemSchema {
 #[async_trait]
 impl SchemaProvider for SystemSchema {
     fn table_names(&self) -> Vec<String> {
-        SystemTableKind::ALL
+        let mut names: Vec<String> = SystemTableKind::ALL
             .iter()
             .map(|k| k.name().to_string())
-            .collect()
+            .collect();
+        if let Some(c) = self.catalog.upgrade() {
+            names.extend(c.extra_system_tables().into_keys());
+        }
+        names
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(t) = self
+            .catalog
+            .upgrade()
+            .and_then(|c| c.extra_system_tables().remove(name))
+        {
+            return Ok(Some(t));
+        }
         Ok(SystemTableKind::ALL
             .iter()
             .find(|k| k.name() == name)
@@ -225,6 +236,10 @@ impl SchemaProvider for SystemSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         SystemTableKind::ALL.iter().any(|k| k.name() == name)
+            || self
+                .catalog
+                .upgrade()
+                .is_some_and(|c| c.extra_system_tables().contains_key(name))
     }
 }
 

@@ -54,6 +54,12 @@ pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
             Err(e) => warn!("secret store: {e}"),
         }
     }
+    if let Some(sc) = &config.secrets {
+        catalog.add_system_table(
+            "secrets",
+            Arc::new(crate::secrets::SecretsTable { config: sc.clone() }),
+        );
+    }
     if let Some(a) = &config.audit {
         let log = joinery_engine::audit::AuditLog::open(&a.path, a.fail_closed)
             .map_err(|e| JoineryError::config(format!("audit log {}: {e}", a.path.display())))?;

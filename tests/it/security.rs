@@ -637,6 +637,31 @@ async fn only_admins_rotate_secrets_and_refresh_connections() {
     );
     let store = SecretStore::open(&store_path, k).expect("store");
     assert_eq!(store.get("sales_token").as_deref(), Ok("new-value-3"));
+    // Metadata in SQL for admins, with the rotation warning; never the value; others: 42501.
+    let meta = text_rows(
+        &alice,
+        "SELECT name, created_by, rotation_days, overdue FROM joinery.secrets",
+    )
+    .await;
+    assert_eq!(
+        meta,
+        vec![vec![
+            Some("sales_token".into()),
+            Some("setup".into()),
+            Some("90".into()),
+            Some("f".into())
+        ]]
+    );
+    let all = format!(
+        "{:?}",
+        text_rows(&alice, "SELECT * FROM joinery.secrets").await
+    );
+    assert!(!all.contains("new-value-3"), "{all}");
+    let err = bob
+        .simple_query("SELECT * FROM joinery.secrets")
+        .await
+        .expect_err("admins only");
+    assert_eq!(sqlstate(&err), "42501");
     let text = std::fs::read_to_string(&audit).expect("audit");
     assert!(
         text.contains("rotate_secret('sales_token', '***')"),
