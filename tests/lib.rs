@@ -219,3 +219,26 @@ pub async fn assert_hostile_values_safe(
         }
     }
 }
+
+/// A filter pushed to a fake API: `SELECT ... WHERE pushed ORDER BY 1` sent requests (at least
+/// one, every one containing `sent`) and returned the same non-empty rows as the `local` form.
+pub async fn assert_pushed_to_fake(
+    client: &tokio_postgres::Client,
+    fake: &joinery_engine::rest::fakekit::FakeServer,
+    select: &str,
+    pushed: &str,
+    local: &str,
+    sent: &str,
+) -> Vec<Vec<Option<String>>> {
+    fake.clear_requests();
+    let a = text_rows(client, &format!("{select} WHERE {pushed} ORDER BY 1")).await;
+    let reqs = fake.requests();
+    assert!(
+        !reqs.is_empty() && reqs.iter().all(|r| r.contains(sent)),
+        "{pushed}: expected every request to carry {sent:?}: {reqs:#?}"
+    );
+    let b = text_rows(client, &format!("{select} WHERE {local} ORDER BY 1")).await;
+    assert_eq!(a, b, "{pushed}  vs  {local}");
+    assert!(!a.is_empty(), "{pushed} matched nothing");
+    a
+}

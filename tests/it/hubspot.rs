@@ -3,7 +3,7 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use joinery_providers::hubspot::fake::{self, HubspotData};
-use joinery_tests::{TestServer, assert_hostile_values_safe, text_rows};
+use joinery_tests::{TestServer, assert_hostile_values_safe, assert_pushed_to_fake, text_rows};
 
 const TOKEN: &str = "pat-na1-fake";
 
@@ -198,19 +198,9 @@ async fn hubspot_list_and_search() {
             "(closedate + INTERVAL '0 seconds') < TIMESTAMP '2026-04-01 00:00:00' AND (amount + 0) IS NOT NULL",
         ),
     ] {
-        fake.clear_requests();
-        let q = |w: &str| format!("SELECT id, amount FROM hubspot.deals WHERE {w} ORDER BY id");
-        let a = text_rows(&client, &q(pushed)).await;
-        let reqs = fake.requests();
-        assert!(
-            !reqs.is_empty()
-                && reqs
-                    .iter()
-                    .all(|r| r.starts_with("POST /crm/v3/objects/deals/search")),
-            "{pushed}: {reqs:#?}"
-        );
-        assert_eq!(a, text_rows(&client, &q(local)).await, "{pushed}");
-        assert!(!a.is_empty(), "{pushed} matched nothing");
+        let select = "SELECT id, amount FROM hubspot.deals";
+        let sent = "POST /crm/v3/objects/deals/search";
+        assert_pushed_to_fake(&client, &fake, select, pushed, local, sent).await;
     }
 }
 
