@@ -185,24 +185,44 @@ impl Catalog {
 
     /// A per-session view of this catalog.
     pub fn session_view(self: &Arc<Self>) -> Arc<SessionCatalog> {
-        self.session_view_for(None, true, Vec::new())
+        self.session_view_for(crate::grants::Access::default(), None)
     }
 
-    /// A per-session view that shows only the `granted` connections (`None`: all); system
-    /// schemas are always there.
+    /// A per-session view that shows only the connections `access` grants (system schemas are
+    /// always there). With a `source`, the view follows `user`'s access as it changes.
     pub fn session_view_for(
         self: &Arc<Self>,
-        granted: Option<std::collections::BTreeSet<String>>,
-        admin: bool,
-        row_filters: Vec<(String, String, String)>,
+        access: crate::grants::Access,
+        source: Option<(Arc<dyn crate::grants::AccessSource>, String)>,
     ) -> Arc<SessionCatalog> {
+        let version = source.as_ref().map(|(s, _)| s.version()).unwrap_or(0);
         Arc::new(SessionCatalog {
             shared: self.clone(),
             local: RwLock::new(BTreeMap::new()),
-            granted,
-            admin,
-            row_filters,
+            view: RwLock::new(AccessView::new(access, version)),
+            source,
         })
+    }
+}
+
+/// A session's access as of one version of its source.
+#[derive(Debug, Clone)]
+struct AccessView {
+    granted: Option<Arc<std::collections::BTreeSet<String>>>,
+    /// Platform admin: may read `joinery.audit_log`.
+    admin: bool,
+    row_filters: Arc<Vec<(String, String, String)>>,
+    version: u64,
+}
+
+impl AccessView {
+    fn new(a: crate::grants::Access, version: u64) -> Self {
+        AccessView {
+            granted: a.granted.map(Arc::new),
+            admin: a.admin,
+            row_filters: Arc::new(a.row_filters),
+            version,
+        }
     }
 }
 
@@ -211,20 +231,43 @@ impl Catalog {
 pub struct SessionCatalog {
     shared: Arc<Catalog>,
     local: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
-    granted: Option<std::collections::BTreeSet<String>>,
-    /// Platform admin: may read `joinery.audit_log`.
-    admin: bool,
-    row_filters: Vec<(String, String, String)>,
+    view: RwLock<AccessView>,
+    source: Option<(Arc<dyn crate::grants::AccessSource>, String)>,
 }
 
 impl SessionCatalog {
+    /// The session's access now: re-read from the source when a GRANT or REVOKE changed it.
+    fn access(&self) -> AccessView {
+        if let Some((source, user)) = &self.source {
+            let version = source.version();
+            let stale = self.view.read().map(|v| v.version != version).unwrap_or(true);
+            if stale {
+                let fresh = AccessView::new(source.access_of(user), version);
+                if let Ok(mut v) = self.view.write() {
+                    *v = fresh.clone();
+                }
+                return fresh;
+            }
+        }
+        match self.view.read() {
+            Ok(v) => v.clone(),
+            // A poisoned lock: see nothing rather than everything.
+            Err(_) => AccessView {
+                granted: Some(Arc::new(Default::default())),
+                admin: false,
+                row_filters: Arc::new(Vec::new()),
+                version: 0,
+            },
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
-        self.admin
+        self.access().admin
     }
 
     /// Row filters on this session's reads: (schema, table, SQL predicate).
-    pub fn row_filters(&self) -> &[(String, String, String)] {
-        &self.row_filters
+    pub fn row_filters(&self) -> Arc<Vec<(String, String, String)>> {
+        self.access().row_filters
     }
 
     pub fn shared(&self) -> &Arc<Catalog> {
@@ -233,17 +276,22 @@ impl SessionCatalog {
 
     /// A connection that exists but this session was not granted.
     pub fn is_hidden(&self, schema: &str) -> bool {
-        match &self.granted {
+        Self::hidden_in(&self.access(), &self.shared, schema)
+    }
+
+    fn hidden_in(view: &AccessView, shared: &Catalog, schema: &str) -> bool {
+        match &view.granted {
             None => false,
-            Some(g) => !g.contains(schema) && self.shared.connection(schema).is_some(),
+            Some(g) => !g.contains(schema) && shared.connection(schema).is_some(),
         }
     }
 }
 
 impl CatalogProvider for SessionCatalog {
     fn schema_names(&self) -> Vec<String> {
+        let view = self.access();
         let mut names = self.shared.schema_names();
-        names.retain(|n| !self.is_hidden(n));
+        names.retain(|n| !Self::hidden_in(&view, &self.shared, n));
         if let Ok(local) = self.local.read() {
             for k in local.keys() {
                 if !names.contains(k) {
@@ -259,15 +307,16 @@ impl CatalogProvider for SessionCatalog {
         if let Some(s) = self.local.read().ok().and_then(|l| l.get(name).cloned()) {
             return Some(s);
         }
-        if self.is_hidden(name) {
+        let view = self.access();
+        if Self::hidden_in(&view, &self.shared, name) {
             return None;
         }
         let schema = self.shared.schema(name)?;
-        if name == SYSTEM_SCHEMA && (self.granted.is_some() || !self.admin) {
+        if name == SYSTEM_SCHEMA && (view.granted.is_some() || !view.admin) {
             return Some(Arc::new(crate::grants::GrantedSystemSchema {
                 inner: schema,
-                granted: self.granted.clone().map(Arc::new),
-                admin: self.admin,
+                granted: view.granted.clone(),
+                admin: view.admin,
             }));
         }
         Some(schema)

@@ -26,7 +26,7 @@ pub struct GrantedSystemSchema {
 }
 
 /// System tables only platform admins read.
-pub const ADMIN_TABLES: [&str; 2] = ["audit_log", "secrets"];
+pub const ADMIN_TABLES: [&str; 3] = ["audit_log", "secrets", "grants"];
 
 /// The column of a system table that names a connection.
 fn connection_column(table: &str) -> Option<&'static str> {
@@ -136,4 +136,12 @@ impl Default for Access {
 #[derive(Debug, Default)]
 pub struct UserCredentials {
     pub by_connection: std::collections::BTreeMap<String, crate::rest::Secret>,
+}
+
+/// Where sessions read their access when it can change while they are open (SQL `GRANT` and
+/// `REVOKE`): a session re-reads its user's access whenever `version` moves.
+pub trait AccessSource: Send + Sync + std::fmt::Debug {
+    /// Changes whenever anyone's access may have changed.
+    fn version(&self) -> u64;
+    fn access_of(&self, user: &str) -> Access;
 }

@@ -70,6 +70,27 @@ impl SessionFactory {
         database: Option<&str>,
         access: crate::grants::Access,
     ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
+        self.new_session_with(database, access, None)
+    }
+
+    /// A session for `user` that follows their access in `source` as it changes (GRANT,
+    /// REVOKE). Upstream credentials are fixed when the session opens.
+    pub fn new_session_live(
+        &self,
+        database: Option<&str>,
+        source: Arc<dyn crate::grants::AccessSource>,
+        user: &str,
+    ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
+        let access = source.access_of(user);
+        self.new_session_with(database, access, Some((source, user.to_string())))
+    }
+
+    fn new_session_with(
+        &self,
+        database: Option<&str>,
+        access: crate::grants::Access,
+        source: Option<(Arc<dyn crate::grants::AccessSource>, String)>,
+    ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
         let database = database.unwrap_or(self.catalog.name());
         let mut config = SessionConfig::new()
             .with_option_extension(crate::options::JoineryOptions::default())
@@ -111,9 +132,7 @@ impl SessionFactory {
             .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        let view = self
-            .catalog
-            .session_view_for(access.granted, access.admin, access.row_filters);
+        let view = self.catalog.session_view_for(access, source);
         ctx.register_catalog(database, view.clone());
         Ok((ctx, view))
     }

@@ -48,6 +48,8 @@ pub struct UserConfig {
     pub grants: Option<BTreeSet<String>>,
     /// The user's own upstream credentials by connection.
     pub credentials: BTreeMap<String, joinery_engine::rest::Secret>,
+    /// `[roles]` this user is a member of.
+    pub roles: Vec<String>,
 }
 
 /// A verifier for `password` with a fresh random salt.

@@ -33,6 +33,12 @@ pub enum Command {
     Refresh(String),
     /// `SELECT joinery.rotate_secret('name', 'new value')` (admins): replace a stored secret.
     RotateSecret(String, joinery_engine::rest::Secret),
+    /// `GRANT USAGE ON SCHEMA c, ... TO x, ...` (`grant`) or `REVOKE ... FROM ...` (admins).
+    Grant {
+        grant: bool,
+        connections: Vec<String>,
+        grantees: Vec<String>,
+    },
 }
 
 impl Command {
@@ -193,6 +199,8 @@ pub fn classify(stmt: &Statement, user: &str) -> Option<Result<Command, SqlError
             }
         }
         Statement::Query(q) => return refresh_call(q).map(Ok),
+        Statement::Grant(g) => return Some(grant_command(true, &g.privileges, &g.objects, &g.grantees)),
+        Statement::Revoke(r) => return Some(grant_command(false, &r.privileges, &r.objects, &r.grantees)),
         Statement::LISTEN { .. } => Command::Noop("LISTEN"),
         Statement::UNLISTEN { .. } => Command::Noop("UNLISTEN"),
         Statement::NOTIFY { .. } => Command::Noop("NOTIFY"),
@@ -205,6 +213,46 @@ pub fn classify(stmt: &Statement, user: &str) -> Option<Result<Command, SqlError
         }
         _ => return None,
     }))
+}
+
+/// `GRANT`/`REVOKE`: Joinery's unit of access is a connection (a schema), so USAGE (or ALL) on
+/// schemas is what it takes; anything finer is refused with the form that works.
+fn grant_command(
+    grant: bool,
+    privileges: &datafusion::sql::sqlparser::ast::Privileges,
+    objects: &Option<datafusion::sql::sqlparser::ast::GrantObjects>,
+    grantees: &[datafusion::sql::sqlparser::ast::Grantee],
+) -> Result<Command, SqlError> {
+    use datafusion::sql::sqlparser::ast::{Action, GrantObjects, GranteeName, GranteesType, Privileges};
+    let verb = if grant { "GRANT" } else { "REVOKE" };
+    let hint = format!(
+        "Joinery grants whole connections: {verb} USAGE ON SCHEMA <connection> {} <user|role|PUBLIC>",
+        if grant { "TO" } else { "FROM" }
+    );
+    let usage = match privileges {
+        Privileges::All { .. } => true,
+        Privileges::Actions(a) => !a.is_empty() && a.iter().all(|a| matches!(a, Action::Usage)),
+    };
+    let connections = match objects {
+        Some(GrantObjects::Schemas(s)) if usage => s.iter().map(object_name).collect::<Vec<_>>(),
+        _ => return Err(SqlError::new(SqlState::FEATURE_NOT_SUPPORTED, hint)),
+    };
+    let mut names = Vec::new();
+    for g in grantees {
+        match (&g.grantee_type, &g.name) {
+            (GranteesType::Public, _) => names.push(crate::access::PUBLIC.to_string()),
+            (_, Some(GranteeName::ObjectName(n))) => names.push(object_name(n)),
+            _ => return Err(SqlError::new(SqlState::FEATURE_NOT_SUPPORTED, hint)),
+        }
+    }
+    if connections.is_empty() || names.is_empty() {
+        return Err(SqlError::new(SqlState::SYNTAX_ERROR, hint));
+    }
+    Ok(Command::Grant {
+        grant,
+        connections,
+        grantees: names,
+    })
 }
 
 /// `SELECT joinery.refresh('name')` (nothing else in the statement), as a command: refreshing

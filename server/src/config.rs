@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub users: Arc<BTreeMap<String, UserConfig>>,
     /// `[[row_filters]]`.
     pub row_filters: Arc<Vec<RowFilter>>,
+    /// Users, roles, grants (config and SQL) and row filters, as sessions see them.
+    pub access: Arc<crate::access::AccessControl>,
     /// `[secrets]`, for `joinery.rotate_secret(...)`.
     pub secrets: Option<SecretsConfig>,
 }
@@ -74,60 +76,26 @@ pub struct RowFilter {
     pub table: String,
     /// A SQL predicate over the table's columns; `current_user` is the user's name.
     pub filter: String,
-    /// Whom it applies to (`None`: every user who is not an admin).
+    /// Whom it applies to; with neither `users` nor `roles`: every user who is not an admin.
     pub users: Option<std::collections::BTreeSet<String>>,
+    /// Members of these roles.
+    pub roles: Option<std::collections::BTreeSet<String>>,
 }
 
 impl ServerConfig {
     /// The connections `user` may see (`None`: all).
     pub fn grants_of(&self, user: &str) -> Option<std::collections::BTreeSet<String>> {
-        if self.users.is_empty() {
-            return None;
-        }
-        match self.users.get(user) {
-            Some(u) => u.grants.clone(),
-            None => Some(Default::default()),
-        }
+        self.access.grants_of(user)
     }
 
     /// What `user` may reach, for their sessions.
     pub fn access_of(&self, user: &str) -> joinery_engine::grants::Access {
-        let credentials = self
-            .users
-            .get(user)
-            .filter(|u| !u.credentials.is_empty())
-            .map(|u| {
-                Arc::new(joinery_engine::grants::UserCredentials {
-                    by_connection: u.credentials.clone(),
-                })
-            });
-        let admin = self.is_admin(user);
-        let row_filters = self
-            .row_filters
-            .iter()
-            .filter(|f| match &f.users {
-                Some(u) => u.contains(user),
-                None => !admin,
-            })
-            .map(|f| {
-                (
-                    f.schema.clone(),
-                    f.table.clone(),
-                    with_current_user(&f.filter, user),
-                )
-            })
-            .collect();
-        joinery_engine::grants::Access {
-            granted: self.grants_of(user),
-            admin,
-            credentials,
-            row_filters,
-        }
+        joinery_engine::grants::AccessSource::access_of(self.access.as_ref(), user)
     }
 
     /// Platform admin (everyone when no users are configured: a single-user local setup).
     pub fn is_admin(&self, user: &str) -> bool {
-        self.users.is_empty() || self.users.get(user).is_some_and(|u| u.admin)
+        self.access.is_admin(user)
     }
 }
 
@@ -146,6 +114,7 @@ impl Default for ServerConfig {
             require_tls: false,
             users: Arc::new(BTreeMap::new()),
             row_filters: Arc::new(Vec::new()),
+            access: Arc::new(crate::access::AccessControl::default()),
             secrets: None,
         }
     }
@@ -173,6 +142,14 @@ struct RawConfig {
     audit: Option<RawAudit>,
     #[serde(default)]
     row_filters: Vec<RawRowFilter>,
+    #[serde(default)]
+    roles: BTreeMap<String, RawRole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    grants: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +159,7 @@ struct RawRowFilter {
     table: String,
     filter: String,
     users: Option<Vec<String>>,
+    roles: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +242,8 @@ struct RawUser {
     /// The user's own upstream tokens, by connection (`${secret:...}` recommended).
     #[serde(default)]
     credentials: BTreeMap<String, String>,
+    #[serde(default)]
+    roles: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +258,8 @@ struct RawServer {
     tls_cert: Option<String>,
     tls_key: Option<String>,
     require_tls: Option<bool>,
+    /// Where SQL GRANT/REVOKE persist (default: `joinery-grants.json` beside the config).
+    grants_file: Option<String>,
 }
 
 /// `filter` with the word `current_user` (outside string literals) replaced by `user` as a
@@ -386,7 +368,12 @@ impl Config {
             _ => None,
         };
         PARSING_SECRETS.with(|p| *p.borrow_mut() = store.map(|s| (s, Vec::new())));
-        let parsed = Self::parse_raw(raw, cfg, text, origin);
+        let grants_file = match raw.server.as_ref().and_then(|s| s.grants_file.as_deref()) {
+            Some(f) => Some(resolve(f)),
+            None if !raw.users.is_empty() => dir.map(|d| d.join("joinery-grants.json")),
+            None => None,
+        };
+        let parsed = Self::parse_raw(raw, cfg, text, origin, grants_file);
         let used = PARSING_SECRETS.with(|p| p.borrow_mut().take().map(|(_, u)| u));
         let mut cfg = parsed?;
         cfg.secrets_used = used.unwrap_or_default();
@@ -395,7 +382,13 @@ impl Config {
         Ok(cfg)
     }
 
-    fn parse_raw(raw: RawConfig, mut cfg: Config, text: &str, origin: &str) -> Result<Config> {
+    fn parse_raw(
+        raw: RawConfig,
+        mut cfg: Config,
+        text: &str,
+        origin: &str,
+        grants_file: Option<PathBuf>,
+    ) -> Result<Config> {
         if let Some(s) = raw.server {
             if let Some(listen) = s.listen {
                 cfg.server.listen = parse_listen(&listen)
@@ -481,20 +474,23 @@ impl Config {
                 }
                 (None, AuthMethod::Trust) => None,
             };
-            let grants = match u.grants {
-                None => None,
-                Some(g) if g.iter().any(|x| x == "*") => None,
-                Some(g) => {
-                    for c in &g {
-                        if !cfg.connections.iter().any(|s| &s.name == c) {
-                            return Err(JoineryError::config(format!(
-                                "{origin}: [users.{name}] grants names '{c}', which is not a connection"
-                            )));
-                        }
-                    }
-                    Some(g.into_iter().collect())
-                }
+            // A member of roles gets what the roles give unless `grants` says more.
+            let grants = match (u.grants, u.roles.is_empty()) {
+                (None, false) => Some(Default::default()),
+                (g, _) => connection_list(&cfg, g, origin, &format!("[users.{name}]"))?,
             };
+            if name == crate::access::PUBLIC {
+                return Err(JoineryError::config(format!(
+                    "{origin}: [users.public]: \"public\" is the name of every user in GRANT ... TO PUBLIC"
+                )));
+            }
+            for r in &u.roles {
+                if !raw.roles.contains_key(r) {
+                    return Err(JoineryError::config(format!(
+                        "{origin}: [users.{name}] roles names '{r}', which is not in [roles]"
+                    )));
+                }
+            }
             let mut credentials = BTreeMap::new();
             for (conn, value) in &u.credentials {
                 if !cfg.connections.iter().any(|s| &s.name == conn) {
@@ -516,8 +512,19 @@ impl Config {
                     admin: u.admin,
                     grants,
                     credentials,
+                    roles: u.roles,
                 },
             );
+        }
+        let mut roles = BTreeMap::new();
+        for (name, r) in raw.roles {
+            if users.contains_key(&name) || name == crate::access::PUBLIC {
+                return Err(JoineryError::config(format!(
+                    "{origin}: [roles.{name}]: a role cannot share its name with a user or PUBLIC"
+                )));
+            }
+            let grants = connection_list(&cfg, r.grants, origin, &format!("[roles.{name}]"))?;
+            roles.insert(name, crate::access::RoleConfig { grants });
         }
         let mut filters = Vec::new();
         for f in raw.row_filters {
@@ -541,16 +548,58 @@ impl Config {
                     f.table
                 )));
             }
+            if let Some(r) = &f.roles
+                && let Some(bad) = r.iter().find(|r| !roles.contains_key(*r))
+            {
+                return Err(JoineryError::config(format!(
+                    "{origin}: [[row_filters]] on '{}' names role '{bad}', which is not in [roles]",
+                    f.table
+                )));
+            }
             filters.push(RowFilter {
                 schema: schema.to_string(),
                 table: table.to_string(),
                 filter: f.filter,
                 users: f.users.map(|u| u.into_iter().collect()),
+                roles: f.roles.map(|r| r.into_iter().collect()),
             });
         }
         cfg.server.users = Arc::new(users);
         cfg.server.row_filters = Arc::new(filters);
+        cfg.server.access = Arc::new(
+            crate::access::AccessControl::new(
+                cfg.server.users.clone(),
+                roles,
+                cfg.server.row_filters.as_ref().clone(),
+                cfg.connections.iter().map(|c| c.name.clone()).collect(),
+                grants_file,
+            )
+            .map_err(|e| JoineryError::config(format!("{origin}: {e}")))?,
+        );
         Ok(cfg)
+    }
+}
+
+/// A `grants = [...]` list: connection names, or `"*"` for all (`None`).
+fn connection_list(
+    cfg: &Config,
+    list: Option<Vec<String>>,
+    origin: &str,
+    section: &str,
+) -> Result<Option<std::collections::BTreeSet<String>>> {
+    match list {
+        None => Ok(None),
+        Some(g) if g.iter().any(|x| x == "*") => Ok(None),
+        Some(g) => {
+            for c in &g {
+                if !cfg.connections.iter().any(|s| &s.name == c) {
+                    return Err(JoineryError::config(format!(
+                        "{origin}: {section} grants names '{c}', which is not a connection"
+                    )));
+                }
+            }
+            Ok(Some(g.into_iter().collect()))
+        }
     }
 }
 

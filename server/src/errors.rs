@@ -12,6 +12,7 @@ use pgwire::error::{ErrorInfo, PgWireError};
 pub struct SqlState(pub &'static str);
 
 impl SqlState {
+    pub const WARNING: SqlState = SqlState("01000");
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
     pub const UNDEFINED_TABLE: SqlState = SqlState("42P01");
     pub const UNDEFINED_COLUMN: SqlState = SqlState("42703");

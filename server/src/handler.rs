@@ -133,7 +133,7 @@ impl Shared {
         // The session's catalog answers to the database name the client asked for.
         let (ctx, view) = self
             .factory
-            .new_session_for(Some(database), self.config.access_of(user))
+            .new_session_live(Some(database), self.config.access.clone(), user)
             .map_err(|e| SqlError::from(&e))?;
         let settings = Arc::new(Mutex::new(Settings::new(
             user,
@@ -859,7 +859,7 @@ fn apply_row_filters(session: &Session, plan: LogicalPlan) -> Result<LogicalPlan
             datafusion::common::TableReference::Bare { .. } => return Ok(Transformed::no(node)),
         };
         let mut predicate: Option<Expr> = None;
-        for (s, t, sql) in filters {
+        for (s, t, sql) in filters.iter() {
             if s == schema && t == table {
                 let e = state.create_logical_expr(sql, scan.projected_schema.as_ref())?;
                 predicate = Some(match predicate {
@@ -1429,6 +1429,36 @@ impl QueryHandler {
             .map_err(|e| SqlError::new(SqlState::INVALID_PARAMETER_VALUE, e))
     }
 
+    /// `GRANT`/`REVOKE USAGE ON SCHEMA`: admins only; open sessions see it at their next statement.
+    fn change_grants(
+        &self,
+        session: &Session,
+        grant: bool,
+        connections: &[String],
+        grantees: &[String],
+    ) -> Result<crate::access::Change, SqlError> {
+        if !session.catalog.is_admin() {
+            return Err(SqlError::new(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "permission denied: only admins grant or revoke access to connections",
+            ));
+        }
+        self.shared
+            .config
+            .access
+            .change(grant, connections, grantees)
+            .map_err(|e| {
+                let state = if e.contains("does not exist") && e.starts_with("schema") {
+                    SqlState::UNDEFINED_SCHEMA
+                } else if e.contains("does not exist") {
+                    SqlState::UNDEFINED_OBJECT
+                } else {
+                    SqlState::FEATURE_NOT_SUPPORTED
+                };
+                SqlError::new(state, e)
+            })
+    }
+
     /// Run a session command.
     async fn run_command<C>(
         &self,
@@ -1446,7 +1476,7 @@ impl QueryHandler {
     {
         let in_txn = !matches!(status, TransactionStatus::Idle);
         let mut report: Vec<(String, String)> = Vec::new();
-        let mut notice: Option<(SqlState, &str)> = None;
+        let mut notice: Option<(SqlState, String)> = None;
         let resp = match cmd {
             Command::Set { name, value } => {
                 let r = {
@@ -1574,7 +1604,7 @@ impl QueryHandler {
                 if in_txn {
                     notice = Some((
                         SqlState::ACTIVE_TRANSACTION,
-                        "there is already a transaction in progress",
+                        "there is already a transaction in progress".into(),
                     ));
                 }
                 Response::TransactionStart(Tag::new(tag))
@@ -1583,7 +1613,7 @@ impl QueryHandler {
                 if !in_txn {
                     notice = Some((
                         SqlState::NO_ACTIVE_TRANSACTION,
-                        "there is no transaction in progress",
+                        "there is no transaction in progress".into(),
                     ));
                 }
                 // COMMIT of a failed transaction rolls it back, and says so.
@@ -1598,7 +1628,7 @@ impl QueryHandler {
                 if !in_txn {
                     notice = Some((
                         SqlState::NO_ACTIVE_TRANSACTION,
-                        "there is no transaction in progress",
+                        "there is no transaction in progress".into(),
                     ));
                 }
                 Response::TransactionEnd(Tag::new("ROLLBACK"))
@@ -1658,9 +1688,52 @@ impl QueryHandler {
                 }))
             }
             Command::Noop(tag) => Response::Execution(Tag::new(tag)),
+            Command::Grant {
+                grant,
+                connections,
+                grantees,
+            } => {
+                let outcome = self.change_grants(session, *grant, connections, grantees);
+                let text = format!(
+                    "{} USAGE ON SCHEMA {} {} {}",
+                    if *grant { "GRANT" } else { "REVOKE" },
+                    connections.join(", "),
+                    if *grant { "TO" } else { "FROM" },
+                    grantees.join(", ")
+                );
+                self.shared.audit_statement(
+                    session,
+                    None,
+                    &text,
+                    match &outcome {
+                        Ok(_) => "ok",
+                        Err(e) => e.state.0,
+                    },
+                    None,
+                    None,
+                );
+                let change = outcome?;
+                if !change.still_via_role.is_empty() {
+                    notice = Some((
+                        SqlState::WARNING,
+                        format!(
+                            "{} still may use {} through a role or PUBLIC",
+                            change.still_via_role.join(", "),
+                            connections.join(", ")
+                        ),
+                    ));
+                } else if !change.persisted {
+                    notice = Some((
+                        SqlState::WARNING,
+                        "no grants_file is configured: this change lasts until the server restarts"
+                            .to_string(),
+                    ));
+                }
+                Response::Execution(Tag::new(if *grant { "GRANT" } else { "REVOKE" }))
+            }
         };
         if let Some((state, msg)) = notice {
-            let mut info = ErrorInfo::new("WARNING".into(), state.0.into(), msg.into());
+            let mut info = ErrorInfo::new("WARNING".into(), state.0.into(), msg);
             info.severity = "WARNING".into();
             let _ = client
                 .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(

@@ -1,5 +1,6 @@
 //! Joinery's server: the Postgres wire front end, config, and what the `joinery` binary runs.
 
+pub mod access;
 pub mod auth;
 pub mod commands;
 pub mod config;

@@ -54,6 +54,14 @@ pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
             Err(e) => warn!("secret store: {e}"),
         }
     }
+    if !config.server.access.open_to_all() {
+        catalog.add_system_table(
+            "grants",
+            Arc::new(crate::access::GrantsTable {
+                access: config.server.access.clone(),
+            }),
+        );
+    }
     if let Some(sc) = &config.secrets {
         catalog.add_system_table(
             "secrets",

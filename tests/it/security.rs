@@ -672,3 +672,180 @@ async fn only_admins_rotate_secrets_and_refresh_connections() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn sql_grants_and_roles_reach_open_sessions_and_persist() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let grants_file = dir.path().join("grants.json");
+    let audit_file = dir.path().join("audit.jsonl");
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+grants_file = "{g}"
+
+[audit]
+path = "{au}"
+
+[connections.sales]
+kind = "demo"
+
+[connections.engineering]
+kind = "demo"
+
+[roles.analysts]
+grants = ["sales"]
+
+[users.alice]
+password = "{a}"
+admin = true
+
+[users.bob]
+password = "{b}"
+grants = ["engineering"]
+
+[users.carol]
+password = "{c}"
+roles = ["analysts"]
+
+[[row_filters]]
+table = "sales.customers"
+filter = "region = 'EMEA'"
+roles = ["analysts"]
+"#,
+        g = grants_file.display(),
+        au = audit_file.display(),
+        a = make_verifier(ALICE_PW),
+        b = make_verifier(BOB_PW),
+        c = make_verifier("carol-pw"),
+    );
+    let server = TestServer::with_config(&cfg).await;
+    let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
+    let bob = login(&server, "bob", BOB_PW).await.expect("bob");
+    let carol = login(&server, "carol", "carol-pw").await.expect("carol");
+    let schemata = "SELECT schema_name FROM information_schema.schemata \
+                    WHERE schema_name IN ('sales', 'engineering') ORDER BY 1";
+    let all = text_rows(&alice, "SELECT count(*) FROM sales.customers").await;
+    let emea = text_rows(
+        &alice,
+        "SELECT count(*) FROM sales.customers WHERE region = 'EMEA'",
+    )
+    .await;
+    assert_ne!(all, emea);
+
+    // Carol holds sales through her role, with the role's row filter; engineering is not hers.
+    assert_eq!(text_rows(&carol, schemata).await, vec![vec![Some("sales".to_string())]]);
+    assert_eq!(
+        text_rows(&carol, "SELECT count(*) FROM sales.customers").await,
+        emea
+    );
+    let err = carol
+        .simple_query("SELECT 1 FROM engineering.customers")
+        .await
+        .expect_err("not granted");
+    assert_eq!(sqlstate(&err), "42501");
+
+    // Only admins grant.
+    let err = bob
+        .simple_query("GRANT USAGE ON SCHEMA sales TO bob")
+        .await
+        .expect_err("bob is no admin");
+    assert_eq!(sqlstate(&err), "42501");
+    let err = bob
+        .simple_query("SELECT count(*) FROM sales.customers")
+        .await
+        .expect_err("not yet");
+    assert_eq!(sqlstate(&err), "42501");
+
+    // A grant reaches bob's open session at his next statement, without his role's filter.
+    alice
+        .simple_query("GRANT USAGE ON SCHEMA sales TO bob")
+        .await
+        .expect("grant");
+    assert_eq!(
+        text_rows(&bob, schemata).await,
+        vec![
+            vec![Some("engineering".to_string())],
+            vec![Some("sales".to_string())]
+        ]
+    );
+    assert_eq!(
+        text_rows(&bob, "SELECT count(*) FROM sales.customers").await,
+        all
+    );
+    // A revoke of what the config gave takes it away.
+    alice
+        .simple_query("REVOKE USAGE ON SCHEMA engineering FROM bob")
+        .await
+        .expect("revoke");
+    let err = bob
+        .simple_query("SELECT count(*) FROM engineering.customers")
+        .await
+        .expect_err("revoked");
+    assert_eq!(sqlstate(&err), "42501");
+    assert_eq!(
+        text_rows(&bob, schemata).await,
+        vec![vec![Some("sales".to_string())]]
+    );
+    // Revoking from carol what her role gives leaves it (as in PostgreSQL); from the role, not.
+    alice
+        .simple_query("REVOKE USAGE ON SCHEMA sales FROM carol")
+        .await
+        .expect("revoke from member");
+    assert_eq!(text_rows(&carol, schemata).await.len(), 1);
+    alice
+        .simple_query("REVOKE ALL ON SCHEMA sales FROM analysts")
+        .await
+        .expect("revoke from role");
+    assert!(text_rows(&carol, schemata).await.is_empty());
+
+    // Clear errors for what Joinery does not grant.
+    for (sql, state) in [
+        ("GRANT SELECT ON sales.customers TO bob", "0A000"),
+        ("GRANT USAGE ON SCHEMA nope TO bob", "3F000"),
+        ("GRANT USAGE ON SCHEMA sales TO nobody", "42704"),
+    ] {
+        let err = alice.simple_query(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&err), state, "{sql}: {err:?}");
+    }
+    let listing = text_rows(
+        &alice,
+        "SELECT grantee, connection, grantee_kind FROM joinery.grants \
+         WHERE grantee IN ('bob', 'analysts') ORDER BY 1, 2",
+    )
+    .await;
+    assert_eq!(
+        listing,
+        vec![vec![
+            Some("bob".to_string()),
+            Some("sales".to_string()),
+            Some("user".to_string())
+        ]]
+    );
+    let err = bob
+        .simple_query("SELECT * FROM joinery.grants")
+        .await
+        .expect_err("admins only");
+    assert_eq!(sqlstate(&err), "42501");
+
+    // Saved (0600) and audited; a restarted server starts from them.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&grants_file).expect("saved").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let audit = std::fs::read_to_string(&audit_file).expect("audit");
+    assert!(
+        audit.lines().any(|l| l.contains("\"user\":\"alice\"")
+            && l.contains("GRANT USAGE ON SCHEMA sales TO bob")),
+        "{audit}"
+    );
+    drop(server);
+    let again = TestServer::with_config(&cfg).await;
+    let bob = login(&again, "bob", BOB_PW).await.expect("bob again");
+    assert_eq!(
+        text_rows(&bob, schemata).await,
+        vec![vec![Some("sales".to_string())]]
+    );
+}
