@@ -136,6 +136,9 @@ impl Default for Access {
 #[derive(Debug, Default)]
 pub struct UserCredentials {
     pub by_connection: std::collections::BTreeMap<String, crate::rest::Secret>,
+    /// The secret store names they came from, by connection (rotated OAuth refresh tokens
+    /// are written back there).
+    pub secret_names: std::collections::BTreeMap<String, String>,
 }
 
 /// Where sessions read their access when it can change while they are open (SQL `GRANT` and

@@ -362,6 +362,7 @@ impl AccessSource for AccessControl {
             .map(|u| {
                 Arc::new(UserCredentials {
                     by_connection: u.credentials.clone(),
+                    secret_names: u.credential_secrets.clone(),
                 })
             });
         let admin = self.is_admin(user);

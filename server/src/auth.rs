@@ -50,6 +50,8 @@ pub struct UserConfig {
     pub credentials: BTreeMap<String, joinery_engine::rest::Secret>,
     /// `[roles]` this user is a member of.
     pub roles: Vec<String>,
+    /// Secret store names of credentials given as `${secret:NAME}`, by connection.
+    pub credential_secrets: BTreeMap<String, String>,
 }
 
 /// A verifier for `password` with a fresh random salt.

@@ -492,7 +492,14 @@ impl Config {
                 }
             }
             let mut credentials = BTreeMap::new();
+            let mut credential_secrets = BTreeMap::new();
             for (conn, value) in &u.credentials {
+                if let Some(secret) = value
+                    .strip_prefix("${secret:")
+                    .and_then(|r| r.strip_suffix('}'))
+                {
+                    credential_secrets.insert(conn.clone(), secret.to_string());
+                }
                 if !cfg.connections.iter().any(|s| &s.name == conn) {
                     return Err(JoineryError::config(format!(
                         "{origin}: [users.{name}.credentials] names '{conn}', which is not a connection"
@@ -513,6 +520,7 @@ impl Config {
                     grants,
                     credentials,
                     roles: u.roles,
+                    credential_secrets,
                 },
             );
         }

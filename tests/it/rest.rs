@@ -881,3 +881,105 @@ columns = [ {{ name = "id", type = "bigint" }} ]
     assert!(!shown.contains("k3y-s3cret"), "{shown}");
     assert!(shown.contains("api_key=***"), "{shown}");
 }
+
+#[tokio::test]
+async fn users_own_oauth_refresh_tokens_get_their_own_access_tokens() {
+    use joinery_server::auth::make_verifier;
+    use joinery_server::secrets::{SecretStore, load_key, write_key_file};
+    let fake = FakeApi::start(Style::Link, records(5), 10, 10)
+        .await
+        .expect("fake");
+    fake.require_oauth();
+    let dir = tempfile::tempdir().expect("tmp");
+    let key_path = dir.path().join("k");
+    write_key_file(&key_path).expect("key");
+    let key = load_key(Some(&key_path)).expect("key");
+    let store_path = dir.path().join("secrets.json");
+    {
+        let mut st = SecretStore::open(&store_path, key).expect("store");
+        st.set("bob_crm", "refresh-bob", "setup", None).expect("set");
+        st.set("carol_crm", "revoked-carol", "setup", None)
+            .expect("set");
+    }
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[secrets]
+path = "{store}"
+key_file = "{key}"
+
+[connections.crm]
+kind = "rest"
+base_url = "{base}"
+oauth_token_url = "/oauth/token"
+client_id = "joinery"
+client_secret = "s3cr3t-client"
+
+[[connections.crm.tables]]
+name = "items"
+path = "/items"
+pagination = {{ type = "link_header" }}
+columns = [ {{ name = "id", type = "bigint" }} ]
+
+[users.alice]
+password = "{pw}"
+admin = true
+
+[users.bob]
+password = "{pw}"
+credentials = {{ crm = "${{secret:bob_crm}}" }}
+
+[users.carol]
+password = "{pw}"
+credentials = {{ crm = "${{secret:carol_crm}}" }}
+"#,
+        store = store_path.display(),
+        key = key_path.display(),
+        base = fake.base_url(),
+        pw = make_verifier("pw"),
+    );
+    let s = TestServer::with_config(&cfg).await;
+    let login = |user: &'static str| {
+        let port = s.port();
+        async move {
+            let (c, conn) = tokio_postgres::connect(
+                &format!("host=127.0.0.1 port={port} user={user} password=pw dbname=joinery"),
+                tokio_postgres::NoTls,
+            )
+            .await
+            .expect("login");
+            tokio::spawn(conn);
+            c
+        }
+    };
+    let (alice, bob, carol) = (login("alice").await, login("bob").await, login("carol").await);
+    let count = "SELECT count(*) FROM crm.items";
+    // Alice uses the connection's client credentials.
+    assert_eq!(text_rows(&alice, count).await[0][0].as_deref(), Some("5"));
+    assert_eq!(fake.token_grants().1.as_deref(), Some("client_credentials"));
+    assert!(fake.refresh_tokens_seen().is_empty());
+    // Bob's own refresh token buys his own access token (alice's cached pages are not his).
+    fake.clear_requests();
+    assert_eq!(text_rows(&bob, count).await[0][0].as_deref(), Some("5"));
+    assert_eq!(fake.refresh_tokens_seen(), vec!["refresh-bob".to_string()]);
+    assert!(fake.request_count() > 0, "bob's read reached the API");
+    // The OAuth server rotated it: the store holds the new one, encrypted; alice's is untouched.
+    let st = SecretStore::open(&store_path, key).expect("store");
+    let rotated = st.get("bob_crm").expect("bob's secret");
+    assert!(rotated.starts_with("refresh-") && rotated != "refresh-bob", "{rotated}");
+    assert!(!std::fs::read_to_string(&store_path).expect("file").contains(&rotated));
+    // A second read reuses bob's access token: no new grant.
+    let grants = fake.token_grants().0;
+    assert_eq!(text_rows(&bob, count).await[0][0].as_deref(), Some("5"));
+    assert_eq!(fake.token_grants().0, grants);
+    // Carol's refresh token is refused by the token endpoint: her query fails, naming the
+    // connection and never the token; the others keep working.
+    let err = carol.simple_query(count).await.expect_err("refused");
+    let msg = format!("{err:?}");
+    assert!(msg.contains("crm"), "{msg}");
+    assert!(!msg.contains("revoked-carol"), "{msg}");
+    assert_eq!(text_rows(&alice, count).await[0][0].as_deref(), Some("5"));
+    assert_eq!(text_rows(&bob, count).await[0][0].as_deref(), Some("5"));
+}

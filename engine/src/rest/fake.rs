@@ -68,7 +68,10 @@ struct FakeState {
     die_after: Option<usize>,
     addr: Option<SocketAddr>,
     /// With OAuth on, requests must carry `Bearer <this>`.
-    oauth_token: Option<String>,
+    /// Access tokens issued and still valid.
+    oauth_tokens: std::collections::HashSet<String>,
+    /// The refresh token each refresh-token grant presented, in order.
+    refresh_tokens_seen: Vec<String>,
     oauth_on: bool,
     token_grants: usize,
     last_grant_type: Option<String>,
@@ -159,6 +162,14 @@ impl FakeApi {
         if let Ok(mut s) = self.state.lock() {
             s.oauth_on = true;
         }
+    }
+
+    /// The refresh tokens presented to the token endpoint, in order.
+    pub fn refresh_tokens_seen(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .map(|s| s.refresh_tokens_seen.clone())
+            .unwrap_or_default()
     }
 
     /// Tokens issued so far, and the grant type of the last one.
@@ -262,9 +273,12 @@ async fn token(State(state): State<Arc<Mutex<FakeState>>>, body: String) -> Resp
             .into_response();
     }
     s.token_grants += 1;
+    if let Some(r) = get("refresh_token") {
+        s.refresh_tokens_seen.push(r);
+    }
     s.last_grant_type = Some(grant);
     let token = format!("tok-{}", s.token_grants);
-    s.oauth_token = Some(token.clone());
+    s.oauth_tokens.insert(token.clone());
     let instance = s.addr.map(|a| format!("http://{a}")).unwrap_or_default();
     let body = json!({
         "access_token": token,
@@ -295,14 +309,14 @@ async fn handle(
         if s.oauth_on {
             if matches!(s.faults.front(), Some(Fault::ExpireToken)) {
                 s.faults.pop_front();
-                s.oauth_token = None;
+                s.oauth_tokens.clear();
             }
             let sent = req_headers
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::to_string);
-            if sent.is_none() || sent != s.oauth_token {
+            if !sent.is_some_and(|t| s.oauth_tokens.contains(&t)) {
                 return (
                     StatusCode::UNAUTHORIZED,
                     axum::Json(json!({"message": "invalid token"})),

@@ -2,7 +2,7 @@
 //! with full-jitter backoff that honour `Retry-After` and rate-limit headers, and a log of every
 //! call. Secrets never leave this module: URLs are redacted before they are logged or shown.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,10 +106,22 @@ impl fmt::Debug for RefreshHook {
     }
 }
 
+/// Stores a new value for a named secret (a user's rotated OAuth refresh token).
+#[derive(Clone)]
+pub struct StoreSecretHook(pub Arc<dyn Fn(&str, &Secret) + Send + Sync>);
+
+impl fmt::Debug for StoreSecretHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreSecretHook")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
     /// Told of each rotated OAuth refresh token.
     pub on_refresh_token: Option<RefreshHook>,
+    /// Stores users' rotated refresh tokens under their secret's name.
+    pub store_secret: Option<StoreSecretHook>,
     pub connection: String,
     pub base_url: Url,
     pub auth: Auth,
@@ -143,6 +155,7 @@ impl FetchConfig {
         }
         Ok(Self {
             on_refresh_token: None,
+            store_secret: None,
             connection,
             base_url: base,
             auth: Auth::None,
@@ -305,6 +318,8 @@ pub struct CallOptions {
     /// The querying user's own credential for this connection (sent in place of the
     /// connection's, in the same form; cached pages are kept apart per credential).
     pub credential: Option<Secret>,
+    /// The secret store name the credential came from (a rotated refresh token goes back there).
+    pub credential_secret: Option<String>,
 }
 
 impl Default for CallOptions {
@@ -316,7 +331,23 @@ impl Default for CallOptions {
             max_staleness: None,
             ttl: None,
             credential: None,
+            credential_secret: None,
         }
+    }
+}
+
+impl CallOptions {
+    /// Which credential the calls use: "" for the connection's own, else a hash of the user's.
+    pub fn credential_key(&self) -> String {
+        self.credential
+            .as_ref()
+            .map(|c| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                c.expose().hash(&mut h);
+                format!("u{:x}", h.finish())
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -387,10 +418,11 @@ pub struct Fetcher {
     /// Set from the API's own rate-limit headers: wait until then before the next request.
     paused_until: Mutex<Option<Instant>>,
     breaker: Mutex<Breaker>,
-    /// OAuth state; the async mutex makes concurrent requests share one refresh.
-    oauth: tokio::sync::Mutex<Option<AccessToken>>,
-    /// A rotated refresh token, when the provider issues a new one.
-    refresh_token: Mutex<Option<Secret>>,
+    /// OAuth access tokens by credential key (the connection's own is ""); the async mutex
+    /// makes concurrent requests share one refresh.
+    oauth: tokio::sync::Mutex<HashMap<String, AccessToken>>,
+    /// Rotated refresh tokens by credential key, when the provider issues new ones.
+    refresh_token: Mutex<HashMap<String, Secret>>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -541,8 +573,8 @@ impl Fetcher {
             limiter,
             paused_until: Mutex::new(None),
             breaker: Mutex::new(Breaker::default()),
-            oauth: tokio::sync::Mutex::new(None),
-            refresh_token: Mutex::new(None),
+            oauth: tokio::sync::Mutex::new(HashMap::new()),
+            refresh_token: Mutex::new(HashMap::new()),
         })
     }
 
@@ -624,16 +656,7 @@ impl Fetcher {
         let Some(cache) = self.cache.as_ref().filter(|_| policy.use_cache && !no_ttl) else {
             return self.send_guarded(table, call, &policy).await;
         };
-        let user = policy
-            .credential
-            .as_ref()
-            .map(|c| {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                c.expose().hash(&mut h);
-                format!("u{:x}", h.finish())
-            })
-            .unwrap_or_default();
+        let user = policy.credential_key();
         let key = format!(
             "{}{user}|{:?}|{}|{}",
             self.identity,
@@ -757,8 +780,9 @@ impl Fetcher {
         else {
             return Ok(None);
         };
+        let key = opts.credential_key();
         let mut state = self.oauth.lock().await;
-        if let Some(t) = state.as_ref()
+        if let Some(t) = state.get(&key)
             && t.expires_at > Instant::now() + Duration::from_secs(30)
         {
             return Ok(Some(t.clone()));
@@ -768,8 +792,14 @@ impl Fetcher {
                 .with_connection(self.config.connection.clone())
                 .with_table(table.to_string())
         };
-        let rotated = self.refresh_token.lock().ok().and_then(|r| r.clone());
-        let refresh = rotated.as_ref().or(refresh_token.as_ref());
+        let rotated = self
+            .refresh_token
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&key).cloned());
+        // A user's own credential on an OAuth connection is their refresh token.
+        let own = opts.credential.as_ref().or(refresh_token.as_ref());
+        let refresh = rotated.as_ref().or(own);
         let form_body = {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
             match refresh {
@@ -850,13 +880,28 @@ impl Fetcher {
             .and_then(Value::as_u64)
             .unwrap_or(3600);
         if let Some(r) = body.get("refresh_token").and_then(Value::as_str)
-            && let Ok(mut slot) = self.refresh_token.lock()
+            && let Ok(mut slots) = self.refresh_token.lock()
         {
             let new = Secret::new(r);
-            let changed = slot.as_ref() != Some(&new) && refresh.is_none_or(|old| old != &new);
-            *slot = Some(new.clone());
-            if changed && let Some(hook) = &self.config.on_refresh_token {
-                (hook.0)(&new);
+            let changed =
+                slots.get(&key) != Some(&new) && refresh.is_none_or(|old| old != &new);
+            slots.insert(key.clone(), new.clone());
+            drop(slots);
+            if changed {
+                match (&opts.credential, &opts.credential_secret) {
+                    (None, _) => {
+                        if let Some(hook) = &self.config.on_refresh_token {
+                            (hook.0)(&new);
+                        }
+                    }
+                    (Some(_), Some(name)) => {
+                        if let Some(hook) = &self.config.store_secret {
+                            (hook.0)(name, &new);
+                        }
+                    }
+                    // A user token written inline in the config: kept in memory only.
+                    (Some(_), None) => {}
+                }
             }
         }
         let instance_url = body
@@ -868,7 +913,7 @@ impl Fetcher {
             expires_at: Instant::now() + Duration::from_secs(ttl),
             instance_url,
         };
-        *state = Some(t.clone());
+        state.insert(key, t.clone());
         Ok(Some(t))
     }
 
@@ -961,10 +1006,12 @@ impl Fetcher {
                         Some((u, p)) => rb.basic_auth(u, Some(p)),
                         None => rb.basic_auth(user, Some(c.expose())),
                     },
-                    Auth::None | Auth::Query { .. } | Auth::OAuth2 { .. } => {
+                    // The user's refresh token already bought the bearer token above.
+                    Auth::OAuth2 { .. } => rb,
+                    Auth::None | Auth::Query { .. } => {
                         return Err(err(
                             ErrorKind::InvalidInput,
-                            "per-user credentials need a connection with token, header or basic auth"
+                            "per-user credentials need a connection with token, header, basic or OAuth auth"
                                 .into(),
                         ));
                     }
@@ -1110,7 +1157,7 @@ impl Fetcher {
                             }
                             // An expired token: refresh it and try again (once per call).
                             401 if bearer.is_some() && attempt == 1 => {
-                                *self.oauth.lock().await = None;
+                                self.oauth.lock().await.remove(&opts.credential_key());
                                 Err((
                                     true,
                                     ErrorKind::Unauthenticated,

@@ -95,23 +95,23 @@ impl TableProvider for RestTable {
                     .then(|| std::time::Duration::from_secs(o.max_staleness_s)),
                 ttl: None,
                 credential: None,
+                credential_secret: None,
             },
             None => CallOptions {
                 records: Some(self.spec.records.clone()),
                 ..CallOptions::default()
             },
         };
-        let credential = state
+        let creds = state
             .config()
-            .get_extension::<crate::grants::UserCredentials>()
-            .and_then(|c| {
-                c.by_connection
-                    .get(&self.fetcher.config.connection)
-                    .cloned()
-            });
+            .get_extension::<crate::grants::UserCredentials>();
+        let conn = &self.fetcher.config.connection;
+        let credential = creds.as_ref().and_then(|c| c.by_connection.get(conn).cloned());
+        let credential_secret = creds.as_ref().and_then(|c| c.secret_names.get(conn).cloned());
         let cache = CallOptions {
             ttl: self.spec.cache_ttl_s.map(std::time::Duration::from_secs),
             credential,
+            credential_secret,
             ..cache
         };
         Ok(Arc::new(

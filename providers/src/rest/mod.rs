@@ -141,6 +141,20 @@ pub fn fetcher_from(
     if let Some(s) = spec.u64_option("breaker_cooldown_s")? {
         cfg.breaker_cooldown = Duration::from_secs(s);
     }
+    // Users' own refresh tokens kept in the secret store: rotated ones are written back too.
+    if let Some(writer) = &ctx.secret_writer {
+        let (writer, conn) = (writer.clone(), spec.name.clone());
+        cfg.store_secret = Some(joinery_engine::rest::fetch::StoreSecretHook(Arc::new(
+            move |name: &str, t: &Secret| match writer(name, t.expose()) {
+                Ok(()) => {
+                    tracing::info!(connection = %conn, secret = %name, "rotated user refresh token stored")
+                }
+                Err(e) => {
+                    tracing::error!(connection = %conn, secret = %name, "cannot store the rotated user refresh token: {e}")
+                }
+            },
+        )));
+    }
     // A refresh token kept in the secret store: rotated ones are written back, encrypted.
     if let (Some(name), Some(writer)) = (spec.secret_refs.get("refresh_token"), &ctx.secret_writer)
     {
