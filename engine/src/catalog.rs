@@ -240,7 +240,11 @@ impl SessionCatalog {
     fn access(&self) -> AccessView {
         if let Some((source, user)) = &self.source {
             let version = source.version();
-            let stale = self.view.read().map(|v| v.version != version).unwrap_or(true);
+            let stale = self
+                .view
+                .read()
+                .map(|v| v.version != version)
+                .unwrap_or(true);
             if stale {
                 let fresh = AccessView::new(source.access_of(user), version);
                 if let Ok(mut v) = self.view.write() {

@@ -441,7 +441,7 @@ mod tests {
             set(&["github", "jira", "salesforce"]),
             file,
         )
-        .unwrap()
+        .expect("ok")
     }
 
     #[test]
@@ -453,35 +453,37 @@ mod tests {
         assert_eq!(ac.grants_of("mallory"), Some(set(&[])));
 
         let v = ac.version();
-        ac.change(true, &["jira".into()], &["bob".into()]).unwrap();
+        ac.change(true, &["jira".into()], &["bob".into()])
+            .expect("ok");
         assert!(ac.version() > v);
         assert_eq!(ac.grants_of("bob"), Some(set(&["jira"])));
 
         // Revoking what alice holds through her role leaves it, and says so.
         let c = ac
             .change(false, &["salesforce".into()], &["alice".into()])
-            .unwrap();
+            .expect("ok");
         assert_eq!(c.still_via_role, vec!["alice".to_string()]);
         assert_eq!(ac.grants_of("alice"), Some(set(&["github", "salesforce"])));
         ac.change(false, &["salesforce".into()], &["sales".into()])
-            .unwrap();
+            .expect("ok");
         assert_eq!(ac.grants_of("alice"), Some(set(&["github"])));
 
-        ac.change(true, &["jira".into()], &[PUBLIC.into()]).unwrap();
+        ac.change(true, &["jira".into()], &[PUBLIC.into()])
+            .expect("ok");
         assert_eq!(ac.grants_of("alice"), Some(set(&["github", "jira"])));
         // An unrestricted user loses exactly what is revoked.
         ac.change(false, &["github".into()], &["root".into()])
-            .unwrap();
+            .expect("ok");
         assert_eq!(ac.grants_of("root"), Some(set(&["jira", "salesforce"])));
 
         assert!(
             ac.change(true, &["nope".into()], &["bob".into()])
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("schema \"nope\" does not exist")
         );
         assert!(
             ac.change(true, &["jira".into()], &["nobody".into()])
-                .unwrap_err()
+                .expect_err("refused")
                 .contains("role \"nobody\" does not exist")
         );
     }
@@ -489,21 +491,23 @@ mod tests {
     #[test]
     fn grants_persist_and_reload() {
         let dir = std::env::temp_dir().join(format!("joinery-grants-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("ok");
         let file = dir.join("grants.json");
         let _ = std::fs::remove_file(&file);
         let ac = control(Some(file.clone()));
-        let c = ac.change(true, &["jira".into()], &["bob".into()]).unwrap();
+        let c = ac
+            .change(true, &["jira".into()], &["bob".into()])
+            .expect("ok");
         assert!(c.persisted);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&file).expect("ok").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let again = control(Some(file.clone()));
         assert_eq!(again.grants_of("bob"), Some(set(&["jira"])));
-        std::fs::write(&file, "{not json").unwrap();
+        std::fs::write(&file, "{not json").expect("ok");
         assert!(
             AccessControl::new(
                 Arc::new(BTreeMap::new()),
@@ -512,7 +516,7 @@ mod tests {
                 BTreeSet::new(),
                 Some(file.clone())
             )
-            .unwrap_err()
+            .expect_err("refused")
             .contains("is not valid")
         );
         let _ = std::fs::remove_dir_all(&dir);

@@ -199,8 +199,12 @@ pub fn classify(stmt: &Statement, user: &str) -> Option<Result<Command, SqlError
             }
         }
         Statement::Query(q) => return refresh_call(q).map(Ok),
-        Statement::Grant(g) => return Some(grant_command(true, &g.privileges, &g.objects, &g.grantees)),
-        Statement::Revoke(r) => return Some(grant_command(false, &r.privileges, &r.objects, &r.grantees)),
+        Statement::Grant(g) => {
+            return Some(grant_command(true, &g.privileges, &g.objects, &g.grantees));
+        }
+        Statement::Revoke(r) => {
+            return Some(grant_command(false, &r.privileges, &r.objects, &r.grantees));
+        }
         Statement::LISTEN { .. } => Command::Noop("LISTEN"),
         Statement::UNLISTEN { .. } => Command::Noop("UNLISTEN"),
         Statement::NOTIFY { .. } => Command::Noop("NOTIFY"),
@@ -223,7 +227,9 @@ fn grant_command(
     objects: &Option<datafusion::sql::sqlparser::ast::GrantObjects>,
     grantees: &[datafusion::sql::sqlparser::ast::Grantee],
 ) -> Result<Command, SqlError> {
-    use datafusion::sql::sqlparser::ast::{Action, GrantObjects, GranteeName, GranteesType, Privileges};
+    use datafusion::sql::sqlparser::ast::{
+        Action, GrantObjects, GranteeName, GranteesType, Privileges,
+    };
     let verb = if grant { "GRANT" } else { "REVOKE" };
     let hint = format!(
         "Joinery grants whole connections: {verb} USAGE ON SCHEMA <connection> {} <user|role|PUBLIC>",

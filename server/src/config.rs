@@ -27,7 +27,14 @@
 //! password = "SCRAM-SHA-256$4096:...$..."   # from `joinery password`
 //! admin = true
 //! grants = ["github", "warehouse"]          # connections alice sees; "*" for all
+//! roles = ["analysts"]                      # plus what these roles are granted
+//!
+//! [roles.analysts]
+//! grants = ["salesforce"]
 //! ```
+//!
+//! `[server] grants_file` keeps what admins change with SQL GRANT/REVOKE (default
+//! `joinery-grants.json` beside this file).
 //!
 //! Unknown keys and kinds are errors naming the key and the line.
 

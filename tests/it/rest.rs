@@ -897,7 +897,8 @@ async fn users_own_oauth_refresh_tokens_get_their_own_access_tokens() {
     let store_path = dir.path().join("secrets.json");
     {
         let mut st = SecretStore::open(&store_path, key).expect("store");
-        st.set("bob_crm", "refresh-bob", "setup", None).expect("set");
+        st.set("bob_crm", "refresh-bob", "setup", None)
+            .expect("set");
         st.set("carol_crm", "revoked-carol", "setup", None)
             .expect("set");
     }
@@ -954,7 +955,11 @@ credentials = {{ crm = "${{secret:carol_crm}}" }}
             c
         }
     };
-    let (alice, bob, carol) = (login("alice").await, login("bob").await, login("carol").await);
+    let (alice, bob, carol) = (
+        login("alice").await,
+        login("bob").await,
+        login("carol").await,
+    );
     let count = "SELECT count(*) FROM crm.items";
     // Alice uses the connection's client credentials.
     assert_eq!(text_rows(&alice, count).await[0][0].as_deref(), Some("5"));
@@ -968,8 +973,15 @@ credentials = {{ crm = "${{secret:carol_crm}}" }}
     // The OAuth server rotated it: the store holds the new one, encrypted; alice's is untouched.
     let st = SecretStore::open(&store_path, key).expect("store");
     let rotated = st.get("bob_crm").expect("bob's secret");
-    assert!(rotated.starts_with("refresh-") && rotated != "refresh-bob", "{rotated}");
-    assert!(!std::fs::read_to_string(&store_path).expect("file").contains(&rotated));
+    assert!(
+        rotated.starts_with("refresh-") && rotated != "refresh-bob",
+        "{rotated}"
+    );
+    assert!(
+        !std::fs::read_to_string(&store_path)
+            .expect("file")
+            .contains(&rotated)
+    );
     // A second read reuses bob's access token: no new grant.
     let grants = fake.token_grants().0;
     assert_eq!(text_rows(&bob, count).await[0][0].as_deref(), Some("5"));

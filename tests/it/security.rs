@@ -734,7 +734,10 @@ roles = ["analysts"]
     assert_ne!(all, emea);
 
     // Carol holds sales through her role, with the role's row filter; engineering is not hers.
-    assert_eq!(text_rows(&carol, schemata).await, vec![vec![Some("sales".to_string())]]);
+    assert_eq!(
+        text_rows(&carol, schemata).await,
+        vec![vec![Some("sales".to_string())]]
+    );
     assert_eq!(
         text_rows(&carol, "SELECT count(*) FROM sales.customers").await,
         emea
@@ -832,7 +835,10 @@ roles = ["analysts"]
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&grants_file).expect("saved").permissions().mode();
+        let mode = std::fs::metadata(&grants_file)
+            .expect("saved")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let audit = std::fs::read_to_string(&audit_file).expect("audit");

@@ -108,7 +108,10 @@ impl fmt::Debug for RefreshHook {
 
 /// Stores a new value for a named secret (a user's rotated OAuth refresh token).
 #[derive(Clone)]
-pub struct StoreSecretHook(pub Arc<dyn Fn(&str, &Secret) + Send + Sync>);
+pub struct StoreSecretHook(pub Arc<StoreSecretFn>);
+
+/// `(secret name, new value)`.
+pub type StoreSecretFn = dyn Fn(&str, &Secret) + Send + Sync;
 
 impl fmt::Debug for StoreSecretHook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -883,8 +886,7 @@ impl Fetcher {
             && let Ok(mut slots) = self.refresh_token.lock()
         {
             let new = Secret::new(r);
-            let changed =
-                slots.get(&key) != Some(&new) && refresh.is_none_or(|old| old != &new);
+            let changed = slots.get(&key) != Some(&new) && refresh.is_none_or(|old| old != &new);
             slots.insert(key.clone(), new.clone());
             drop(slots);
             if changed {

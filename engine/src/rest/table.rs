@@ -106,8 +106,12 @@ impl TableProvider for RestTable {
             .config()
             .get_extension::<crate::grants::UserCredentials>();
         let conn = &self.fetcher.config.connection;
-        let credential = creds.as_ref().and_then(|c| c.by_connection.get(conn).cloned());
-        let credential_secret = creds.as_ref().and_then(|c| c.secret_names.get(conn).cloned());
+        let credential = creds
+            .as_ref()
+            .and_then(|c| c.by_connection.get(conn).cloned());
+        let credential_secret = creds
+            .as_ref()
+            .and_then(|c| c.secret_names.get(conn).cloned());
         let cache = CallOptions {
             ttl: self.spec.cache_ttl_s.map(std::time::Duration::from_secs),
             credential,
