@@ -1,6 +1,8 @@
 //! Test support: a Joinery server on an ephemeral port, clients for it, and the addresses of
 //! the local services (PostgreSQL, MariaDB, Redis) tests may use.
 
+pub mod workload;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

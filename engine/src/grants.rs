@@ -26,14 +26,14 @@ pub struct GrantedSystemSchema {
 }
 
 /// System tables only platform admins read.
-pub const ADMIN_TABLES: [&str; 3] = ["audit_log", "secrets", "grants"];
+pub const ADMIN_TABLES: [&str; 4] = ["audit_log", "secrets", "grants", "queries"];
 
 /// The column of a system table that names a connection.
 fn connection_column(table: &str) -> Option<&'static str> {
     Some(match table {
         "connections" => "name",
         "tables" | "columns" => "schema_name",
-        "api_calls" => "connection",
+        "api_calls" | "connector_stats" => "connection",
         _ => return None,
     })
 }

@@ -11,6 +11,7 @@ pub mod connector;
 pub mod error;
 pub mod grants;
 pub mod meta;
+pub mod metrics;
 pub mod options;
 pub mod rest;
 pub mod session;

@@ -11,6 +11,9 @@ extensions_options! {
         pub cache: bool, default = true
         /// The oldest cached response (seconds) a query accepts; 0 means the connection's TTL.
         pub max_staleness_s: u64, default = 0
+        /// While a statement has sent no row yet, a NOTICE with its progress (connections,
+        /// pages, rows fetched) this often, in milliseconds; 0 turns them off.
+        pub progress_notices_ms: u64, default = 2000
         /// Set by the server for each statement: links API calls to the query that made them.
         pub query_id: u64, default = 0
     }
@@ -21,4 +24,4 @@ impl ConfigExtension for JoineryOptions {
 }
 
 /// Names `SET joinery.<name>` accepts.
-pub const OPTION_NAMES: &[&str] = &["cache", "max_staleness_s"];
+pub const OPTION_NAMES: &[&str] = &["cache", "max_staleness_s", "progress_notices_ms"];

@@ -25,6 +25,8 @@ enum SystemTableKind {
     Columns,
     ApiCalls,
     AuditLog,
+    ConnectorStats,
+    Queries,
 }
 
 /// Text fields of an audit event, in `joinery.audit_log` column order.
@@ -49,12 +51,14 @@ const AUDIT_TEXT: [(&str, &str, &str); 9] = [
 ];
 
 impl SystemTableKind {
-    const ALL: [SystemTableKind; 5] = [
+    const ALL: [SystemTableKind; 7] = [
         SystemTableKind::Connections,
         SystemTableKind::Tables,
         SystemTableKind::Columns,
         SystemTableKind::ApiCalls,
         SystemTableKind::AuditLog,
+        SystemTableKind::ConnectorStats,
+        SystemTableKind::Queries,
     ];
 
     fn name(self) -> &'static str {
@@ -64,12 +68,78 @@ impl SystemTableKind {
             SystemTableKind::Columns => "columns",
             SystemTableKind::ApiCalls => "api_calls",
             SystemTableKind::AuditLog => "audit_log",
+            SystemTableKind::ConnectorStats => "connector_stats",
+            SystemTableKind::Queries => "queries",
         }
     }
 
     fn schema(self) -> SchemaRef {
         let s = |n: &str, d: &str| described(Field::new(n, DataType::Utf8, true), d);
+        let u = |n: &str, d: &str| described(Field::new(n, DataType::UInt64, false), d);
+        let f = |n: &str, d: &str| described(Field::new(n, DataType::Float64, true), d);
+        let ts = |n: &str, d: &str| {
+            described(
+                Field::new(
+                    n,
+                    DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+                    true,
+                ),
+                d,
+            )
+        };
         match self {
+            SystemTableKind::ConnectorStats => with_table_description(
+                Schema::new(vec![
+                    s("connection", "Connection (schema)"),
+                    s("kind", "Connector kind"),
+                    u("requests", "Requests sent since start (retries included)"),
+                    u("cache_hits", "Page reads answered from the cache"),
+                    u("errors", "Failed requests (any kind)"),
+                    u("rate_limited", "Requests refused with 429"),
+                    u("server_errors", "5xx answers, timeouts, resets and malformed bodies"),
+                    u("retries", "Requests that retried an earlier attempt"),
+                    u("bytes", "Response bytes received"),
+                    f("success_pct", "Share of requests that succeeded, percent"),
+                    f(
+                        "uptime_pct",
+                        "Share of the last 24 h's active minutes in which the service answered (a minute with only service failures is down), percent",
+                    ),
+                    f("p50_ms", "Median latency of the last 1024 requests"),
+                    f("p95_ms", "95th percentile latency of the last 1024 requests"),
+                    s("last_error", "The last failed request and why (secrets redacted)"),
+                    ts("last_error_at", "When it failed"),
+                    ts("last_success_at", "The last successful request"),
+                    f("rate_limit_remaining", "Requests left in the API's window, from its headers"),
+                    s("circuit_breaker", "closed, or open while requests fail fast"),
+                ]),
+                "Health of every connection since the server started",
+            ),
+            SystemTableKind::Queries => with_table_description(
+                Schema::new(vec![
+                    described(
+                        Field::new("query_id", DataType::UInt64, false),
+                        "The statement (joinery.api_calls.query_id)",
+                    ),
+                    ts("started_at", "When the statement started"),
+                    s("user_name", "Who ran it"),
+                    s("statement", "The SQL (secret-like literals masked)"),
+                    described(
+                        Field::new("duration_ms", DataType::Float64, false),
+                        "Time to the last row",
+                    ),
+                    s("connectors", "Connections it used, comma-separated"),
+                    described(
+                        Field::new("connector_count", DataType::UInt32, false),
+                        "How many connections it used (2+ is a cross-tool query)",
+                    ),
+                    u("api_calls", "Requests it sent"),
+                    u("cache_hits", "Page reads it got from the cache"),
+                    u("bytes", "Response bytes it received"),
+                    described(Field::new("rows", DataType::Int64, true), "Rows returned"),
+                    s("status", "ok or the SQLSTATE"),
+                ]),
+                "Recent statements (admins only; the last 1000), newest last",
+            ),
             SystemTableKind::Connections => with_table_description(
                 Schema::new(vec![
                     s("name", "Connection name; also its SQL schema"),
@@ -261,7 +331,118 @@ impl SystemTable {
             .catalog
             .upgrade()
             .ok_or_else(|| DataFusionError::Internal("catalog dropped".into()))?;
+        let micros = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0)
+        };
         let columns: Vec<ArrayRef> = match self.kind {
+            SystemTableKind::ConnectorStats => {
+                let stats = catalog.calls().metrics().connection_stats();
+                let mut b_conn = StringBuilder::new();
+                let mut b_kind = StringBuilder::new();
+                let mut ints: Vec<arrow::array::UInt64Builder> =
+                    (0..7).map(|_| arrow::array::UInt64Builder::new()).collect();
+                let mut floats: Vec<arrow::array::Float64Builder> =
+                    (0..4).map(|_| arrow::array::Float64Builder::new()).collect();
+                let mut last_error = StringBuilder::new();
+                let mut last_error_at =
+                    arrow::array::TimestampMicrosecondBuilder::new().with_timezone("UTC");
+                let mut last_ok_at =
+                    arrow::array::TimestampMicrosecondBuilder::new().with_timezone("UTC");
+                let mut remaining = arrow::array::Float64Builder::new();
+                let mut breaker = StringBuilder::new();
+                for c in catalog.connections() {
+                    let st = stats.get(&c.name).cloned().unwrap_or_default();
+                    b_conn.append_value(&c.name);
+                    b_kind.append_value(&c.kind);
+                    let server: u64 = ["server", "timeout", "network", "bad_response"]
+                        .iter()
+                        .filter_map(|k| st.errors.get(k))
+                        .sum();
+                    let values = [
+                        st.requests,
+                        st.cache_hits,
+                        st.error_count(),
+                        st.errors.get("rate_limited").copied().unwrap_or(0),
+                        server,
+                        st.retries,
+                        st.bytes,
+                    ];
+                    for (b, v) in ints.iter_mut().zip(values) {
+                        b.append_value(v);
+                    }
+                    let fl = [
+                        st.success_pct(),
+                        st.uptime_pct(),
+                        st.latency_ms(0.5),
+                        st.latency_ms(0.95),
+                    ];
+                    for (b, v) in floats.iter_mut().zip(fl) {
+                        b.append_option(v);
+                    }
+                    last_error.append_option(st.last_error.as_ref().map(|e| e.1.as_str()));
+                    last_error_at.append_option(st.last_error.as_ref().map(|e| micros(e.0)));
+                    last_ok_at.append_option(st.last_success.map(micros));
+                    remaining.append_option(st.rate_limit_remaining);
+                    breaker.append_value(if st.breaker_open { "open" } else { "closed" });
+                }
+                let mut cols: Vec<ArrayRef> =
+                    vec![Arc::new(b_conn.finish()), Arc::new(b_kind.finish())];
+                cols.extend(ints.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
+                cols.extend(floats.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
+                cols.extend([
+                    Arc::new(last_error.finish()) as ArrayRef,
+                    Arc::new(last_error_at.finish()),
+                    Arc::new(last_ok_at.finish()),
+                    Arc::new(remaining.finish()),
+                    Arc::new(breaker.finish()),
+                ]);
+                cols
+            }
+            SystemTableKind::Queries => {
+                let queries = catalog.calls().metrics().recent_queries();
+                let mut qid = arrow::array::UInt64Builder::new();
+                let mut at = arrow::array::TimestampMicrosecondBuilder::new().with_timezone("UTC");
+                let mut user = StringBuilder::new();
+                let mut stmt = StringBuilder::new();
+                let mut dur = arrow::array::Float64Builder::new();
+                let mut conns = StringBuilder::new();
+                let mut count = UInt32Builder::new();
+                let mut calls = arrow::array::UInt64Builder::new();
+                let mut hits = arrow::array::UInt64Builder::new();
+                let mut bytes = arrow::array::UInt64Builder::new();
+                let mut rows = arrow::array::Int64Builder::new();
+                let mut status = StringBuilder::new();
+                for q in &queries {
+                    qid.append_value(q.query_id);
+                    at.append_value(micros(q.at));
+                    user.append_value(&q.user);
+                    stmt.append_value(&q.statement);
+                    dur.append_value(q.duration.as_secs_f64() * 1000.0);
+                    conns.append_value(q.connectors.iter().cloned().collect::<Vec<_>>().join(","));
+                    count.append_value(u32::try_from(q.connectors.len()).unwrap_or(u32::MAX));
+                    calls.append_value(q.api_calls);
+                    hits.append_value(q.cache_hits);
+                    bytes.append_value(q.bytes);
+                    rows.append_option(q.rows.and_then(|r| i64::try_from(r).ok()));
+                    status.append_value(&q.status);
+                }
+                vec![
+                    Arc::new(qid.finish()),
+                    Arc::new(at.finish()),
+                    Arc::new(user.finish()),
+                    Arc::new(stmt.finish()),
+                    Arc::new(dur.finish()),
+                    Arc::new(conns.finish()),
+                    Arc::new(count.finish()),
+                    Arc::new(calls.finish()),
+                    Arc::new(hits.finish()),
+                    Arc::new(bytes.finish()),
+                    Arc::new(rows.finish()),
+                    Arc::new(status.finish()),
+                ]
+            }
             SystemTableKind::AuditLog => {
                 let events = catalog.audit().recent();
                 let mut text: Vec<StringBuilder> =

@@ -7,6 +7,7 @@
 //! query_memory_limit = "1GiB"    # memory one statement may use
 //! statement_timeout = "0"        # default per session; "30s", "500ms", or milliseconds
 //! database = "joinery"           # what current_database() answers
+//! metrics_listen = "127.0.0.1:9187"  # /metrics (Prometheus) and /healthz; "off" to disable
 //!
 //! [connections.github]           # the connection's name is its SQL schema
 //! kind = "github"
@@ -52,12 +53,15 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5433";
+pub const DEFAULT_METRICS_PORT: u16 = 9187;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 500;
 pub const DEFAULT_DATABASE: &str = "joinery";
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// `/metrics` and `/healthz` (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
     pub max_connections: usize,
     pub statement_timeout: Option<Duration>,
     pub database: String,
@@ -112,6 +116,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5433))),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             statement_timeout: None,
             database: DEFAULT_DATABASE.to_string(),
@@ -267,6 +272,8 @@ struct RawServer {
     require_tls: Option<bool>,
     /// Where SQL GRANT/REVOKE persist (default: `joinery-grants.json` beside the config).
     grants_file: Option<String>,
+    /// `/metrics` and `/healthz`: an address, or "off".
+    metrics_listen: Option<String>,
 }
 
 /// `filter` with the word `current_user` (outside string literals) replaced by `user` as a
@@ -400,6 +407,15 @@ impl Config {
             if let Some(listen) = s.listen {
                 cfg.server.listen = parse_listen(&listen)
                     .map_err(|e| JoineryError::config(format!("{origin}: [server] listen: {e}")))?;
+            }
+            match s.metrics_listen.as_deref() {
+                None => {}
+                Some("off") => cfg.server.metrics_listen = None,
+                Some(a) => {
+                    cfg.server.metrics_listen = Some(parse_listen(a).map_err(|e| {
+                        JoineryError::config(format!("{origin}: [server] metrics_listen: {e}"))
+                    })?);
+                }
             }
             if let Some(n) = s.max_connections {
                 if n == 0 {

@@ -165,6 +165,11 @@ impl Shared {
         Ok(session)
     }
 
+    /// Prometheus series, connection health and recent statements.
+    pub fn metrics(&self) -> &joinery_engine::metrics::Metrics {
+        self.factory.catalog().calls().metrics()
+    }
+
     pub fn audit(&self) -> Arc<joinery_engine::audit::AuditLog> {
         self.factory.catalog().audit()
     }
@@ -1212,6 +1217,30 @@ impl StatementAudit {
         if let Ok(mut r) = self.shared.running.lock() {
             r.remove(&self.query_id);
         }
+        let elapsed = self.started.elapsed();
+        self.shared.metrics().finish_query(joinery_engine::metrics::QueryRecord {
+            query_id: self.query_id,
+            at: std::time::SystemTime::now()
+                .checked_sub(elapsed)
+                .unwrap_or(std::time::UNIX_EPOCH),
+            user: self.session.user.clone(),
+            statement: joinery_engine::audit::mask_statement(&self.sql),
+            duration: elapsed,
+            connectors: Default::default(),
+            api_calls: 0,
+            cache_hits: 0,
+            bytes: 0,
+            rows: Some(rows as u64),
+            status: status.to_string(),
+        });
+        tracing::info!(
+            query_id = self.query_id,
+            user = %self.session.user,
+            status,
+            rows,
+            duration_ms = elapsed.as_millis() as u64,
+            "statement finished"
+        );
     }
 
     /// A statement that ran to the end: `ok`, unless its audit rows could not be written and
@@ -1340,15 +1369,20 @@ fn leak_state(code: &str) -> &'static str {
 
 impl QueryHandler {
     /// Run a planned query and stream its rows.
-    async fn run_plan(
+    #[allow(clippy::too_many_arguments)]
+    async fn run_plan<C>(
         &self,
+        client: &mut C,
         session: &Arc<Session>,
         plan: LogicalPlan,
         names: Option<&[String]>,
         format: &Format,
         tag: &str,
         sql: &Arc<str>,
-    ) -> Result<Response, SqlError> {
+    ) -> Result<Response, SqlError>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+    {
         let token = session.begin_statement();
         let query_id = self.shared.next_query_id();
         session.set_query_id(query_id);
@@ -1359,9 +1393,13 @@ impl QueryHandler {
             query_id,
             sql.clone(),
         ));
-        let (timeout, opts) = {
+        let (timeout, opts, progress_every) = {
             let s = session.settings()?;
-            (s.statement_timeout(), Arc::new(s.format_options()))
+            (
+                s.statement_timeout(),
+                Arc::new(s.format_options()),
+                s.progress_interval(),
+            )
         };
         let started = Instant::now();
         let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
@@ -1386,6 +1424,21 @@ impl QueryHandler {
                 return Err(e);
             }
         };
+        let stream = match progress_every {
+            Some(every) => {
+                match self
+                    .first_batch_with_progress(client, stream, query_id, every, &token, deadline)
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        audit.finish(e.state.0, 0);
+                        return Err(e);
+                    }
+                }
+            }
+            None => stream,
+        };
         let encoder = Arc::new(
             ResultEncoder::with_names(&schema, names, format, opts).map_err(pgwire_to_sql)?,
         );
@@ -1402,6 +1455,54 @@ impl QueryHandler {
         let mut resp = QueryResponse::new(fields, rows);
         resp.set_command_tag(tag);
         Ok(Response::Query(resp))
+    }
+
+    /// Wait for a statement's first batch; while none has come, tell the client every `every`
+    /// what the scans fetched so far (a NOTICE, as psql prints them). The batch goes back in
+    /// front of the stream.
+    async fn first_batch_with_progress<C>(
+        &self,
+        client: &mut C,
+        mut stream: SendableRecordBatchStream,
+        query_id: u64,
+        every: std::time::Duration,
+        token: &CancellationToken,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<SendableRecordBatchStream, SqlError>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+    {
+        let started = Instant::now();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let first = loop {
+            tokio::select! {
+                next = guarded(async { Ok(stream.next().await) }, token, deadline) => break next?,
+                _ = tick.tick() => {
+                    let Some(p) = self.shared.metrics().query_progress(query_id) else {
+                        continue;
+                    };
+                    let msg = format!(
+                        "joinery: {} page(s), {} row(s), {} from cache, from {} so far ({:.1}s)",
+                        p.pages,
+                        p.rows,
+                        p.cache_hits,
+                        p.connectors.iter().cloned().collect::<Vec<_>>().join(", "),
+                        started.elapsed().as_secs_f64()
+                    );
+                    let mut info = ErrorInfo::new("NOTICE".into(), "00000".into(), msg);
+                    info.severity = "NOTICE".into();
+                    // A client that cannot take a notice will fail on the rows too.
+                    let _ = client
+                        .send(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(info)))
+                        .await;
+                }
+            }
+        };
+        let schema = stream.schema();
+        let rest = stream::iter(first).chain(stream);
+        Ok(Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, rest),
+        ))
     }
 
     /// `joinery.rotate_secret`: admins only, against the configured store.
@@ -1805,7 +1906,7 @@ impl QueryHandler {
                         plan.as_ref().clone()
                     }
                 };
-                self.run_plan(session, plan, names.as_deref(), format, tag, sql)
+                self.run_plan(client, session, plan, names.as_deref(), format, tag, sql)
                     .await
             }
         }

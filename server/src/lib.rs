@@ -8,6 +8,7 @@ pub mod encode;
 pub mod errors;
 pub mod handler;
 pub mod naming;
+pub mod observe;
 pub mod pgcatalog;
 pub mod rewrite;
 pub mod secrets;

@@ -31,6 +31,9 @@ enum Commands {
         /// Listen address (overrides [server] listen), e.g. 127.0.0.1:5433.
         #[arg(long)]
         listen: Option<String>,
+        /// Address of /metrics and /healthz (overrides [server] metrics_listen), or "off".
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Serve the demo world (no configuration needed).
     Demo {
@@ -46,6 +49,9 @@ enum Commands {
         /// Latency each fake API call takes, in milliseconds (50 is realistic for benchmarks).
         #[arg(long, default_value_t = 0)]
         api_latency: u64,
+        /// Address of /metrics and /healthz, or "off".
+        #[arg(long, default_value = "127.0.0.1:9187")]
+        metrics_listen: String,
     },
     /// Run one or more SQL statements and print the results.
     Query {
@@ -249,8 +255,29 @@ fn init_logging() {
         .init();
 }
 
+fn metrics_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    parse_listen(s).map(Some)
+}
+
 async fn serve(config: Config) -> Result<(), String> {
     let shared = build(&config).await.map_err(|e| e.to_string())?;
+    let _observe = match config.server.metrics_listen {
+        Some(addr) => {
+            let o = joinery_server::observe::start(shared.clone(), addr)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot listen on {addr} for /metrics: {e} (use --metrics-listen or [server] metrics_listen = \"off\")"
+                    )
+                })?;
+            info!("metrics at http://{}/metrics, health at /healthz", o.addr);
+            Some(o)
+        }
+        None => None,
+    };
     let server = RunningServer::start(shared, config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
@@ -401,12 +428,20 @@ async fn run(cli: Cli) -> Result<(), String> {
         scale: 1,
         seed: 42,
         api_latency: 0,
+        metrics_listen: format!("127.0.0.1:{}", joinery_server::config::DEFAULT_METRICS_PORT),
     });
     match command {
-        Commands::Serve { config, listen } => {
+        Commands::Serve {
+            config,
+            listen,
+            metrics_listen,
+        } => {
             let mut cfg = Config::from_file(&config).map_err(|e| e.to_string())?;
             if let Some(l) = listen {
                 cfg.server.listen = parse_listen(&l)?;
+            }
+            if let Some(m) = metrics_listen {
+                cfg.server.metrics_listen = metrics_addr(&m)?;
             }
             serve(cfg).await
         }
@@ -415,9 +450,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             scale,
             seed,
             api_latency,
+            metrics_listen,
         } => {
             let (mut cfg, _world) = demo_config(scale, seed, api_latency).await?;
             cfg.server.listen = parse_listen(&listen)?;
+            cfg.server.metrics_listen = metrics_addr(&metrics_listen)?;
             serve(cfg).await
         }
         Commands::Query {

@@ -112,6 +112,7 @@ struct ConnectionSlot(Arc<Shared>);
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics().client_connections.dec();
     }
 }
 
@@ -136,6 +137,8 @@ impl RunningServer {
                         Ok((socket, peer)) => {
                             let _ = socket.set_nodelay(true);
                             shared.active_connections.fetch_add(1, Ordering::Relaxed);
+                            shared.metrics().client_connections.inc();
+                            shared.metrics().client_connections_total.inc();
                             let slot = ConnectionSlot(shared.clone());
                             let handlers = Arc::new(Handlers::new(shared.clone()));
                             let tls = tls.clone();

@@ -237,6 +237,15 @@ impl Settings {
             .filter(|d| !d.is_zero())
     }
 
+    /// How often a statement that has sent no row yet reports progress (`None`: never).
+    pub fn progress_interval(&self) -> Option<std::time::Duration> {
+        let ms = self
+            .get("joinery.progress_notices_ms")
+            .map(|v| v.parse::<u64>().unwrap_or(2000))
+            .unwrap_or(2000);
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
+
     pub fn time_zone(&self) -> &str {
         self.get("timezone").unwrap_or("UTC")
     }
@@ -249,6 +258,7 @@ impl Settings {
                 let key = format!("joinery.{name}");
                 let v = match (self.values.get(&key).map(String::as_str), *name) {
                     (Some("on"), _) | (None, "cache") => "true".to_string(),
+                    (None, "progress_notices_ms") => "2000".to_string(),
                     (Some("off"), _) => "false".to_string(),
                     (Some(other), _) => other.to_string(),
                     (None, _) => "0".to_string(),

@@ -4,6 +4,8 @@ mod cancel;
 mod catalog;
 mod clients;
 mod demo_world;
+mod faults;
+mod observe;
 mod github;
 mod hubspot;
 mod jira;

@@ -550,12 +550,19 @@ impl Walker {
         };
         if let Some(call) = &next {
             if !self.seen.insert(call_key(call)) {
-                return Err(JoineryError::new(
-                    ErrorKind::BadResponse,
-                    format!("the API returned the same next page twice ({}); stopping instead of looping", self.fetcher.redact(&call.url)),
-                )
-                .with_connection(self.fetcher.config.connection.clone())
-                .with_table(self.table.clone()));
+                let msg = format!(
+                    "the API returned the same next page twice ({}); stopping instead of looping",
+                    self.fetcher.redact(&call.url)
+                );
+                self.fetcher.log().metrics().note_error(
+                    &self.fetcher.config.connection,
+                    &self.table,
+                    "bad_response",
+                    &msg,
+                );
+                return Err(JoineryError::new(ErrorKind::BadResponse, msg)
+                    .with_connection(self.fetcher.config.connection.clone())
+                    .with_table(self.table.clone()));
             }
             if self.pages >= MAX_PAGES {
                 return Err(JoineryError::new(

@@ -52,6 +52,12 @@ pub enum Fault {
     Truncated,
     /// The current OAuth access token stops working (the next request gets 401).
     ExpireToken,
+    /// The connection drops after the status line, before any body byte.
+    Reset,
+    /// Half the body arrives, then the connection drops (chunked, so the client can tell).
+    CutMidBody,
+    /// The page's next cursor is the cursor it was asked for (`Style::Cursor`).
+    RepeatCursor,
 }
 
 #[derive(Debug, Default)]
@@ -376,6 +382,8 @@ async fn handle(
             }
             Style::Cursor => {
                 let per = size("limit");
+                let asked = param(&q, "cursor").unwrap_or("c0").to_string();
+                let repeat = matches!(fault, Some(Fault::RepeatCursor));
                 let start = param(&q, "cursor")
                     .and_then(|c| c.strip_prefix("c").and_then(|n| n.parse::<usize>().ok()))
                     .unwrap_or(0);
@@ -387,7 +395,9 @@ async fn handle(
                 };
                 let chunk: Vec<Value> = slice(&all, start, take);
                 let end = start + chunk.len();
-                let next = if end < all.len() {
+                let next = if repeat {
+                    asked
+                } else if end < all.len() {
                     format!("c{end}")
                 } else {
                     String::new()
@@ -484,7 +494,27 @@ async fn handle(
                 .into_response()
         }
         Some(Fault::Malformed) => (StatusCode::OK, "{\"data\": [nope").into_response(),
-        Some(Fault::ExpireToken) => (StatusCode::OK, headers, axum::Json(body)).into_response(),
+        Some(Fault::ExpireToken | Fault::RepeatCursor) => {
+            (StatusCode::OK, headers, axum::Json(body)).into_response()
+        }
+        Some(Fault::Reset) => {
+            let broken = futures::stream::iter([Err::<bytes::Bytes, std::io::Error>(
+                std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"),
+            )]);
+            (StatusCode::OK, axum::body::Body::from_stream(broken)).into_response()
+        }
+        Some(Fault::CutMidBody) => {
+            let text = body.to_string().into_bytes();
+            let half = bytes::Bytes::from(text[..text.len() / 2].to_vec());
+            let broken = futures::stream::iter([
+                Ok::<bytes::Bytes, std::io::Error>(half),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "injected cut",
+                )),
+            ]);
+            (StatusCode::OK, headers, axum::body::Body::from_stream(broken)).into_response()
+        }
         Some(Fault::Truncated) => {
             let text = body.to_string();
             let cut = text.len() / 2;

@@ -31,6 +31,15 @@ pub enum FakeFault {
     Malformed,
     /// The real answer cut in the middle.
     Truncated,
+    /// GitHub's spent budget: 403 with `x-ratelimit-remaining: 0`, reset in `reset_secs`.
+    RateLimitExhausted { reset_secs: u64 },
+    /// The connection drops after the status line, before any body byte.
+    Reset,
+    /// Half the real answer arrives, then the connection drops.
+    CutMidBody,
+    /// The previous answer on the same path again, headers and next-page pointer included:
+    /// asked for page 2, the API sends page 1 (whose cursor leads to page 2 again).
+    RepeatPage,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +48,8 @@ struct KitState {
     requests: Vec<String>,
     latency: Duration,
     die_after: Option<usize>,
+    /// The last answer per path (status, headers, body), for `RepeatPage`.
+    last: std::collections::HashMap<String, (StatusCode, axum::http::HeaderMap, bytes::Bytes)>,
 }
 
 /// A running fake; dropping it stops the server.
@@ -102,6 +113,15 @@ impl FakeServer {
     pub fn die_after(&self, n: usize) {
         self.with(|s| s.die_after = Some(n));
     }
+
+    /// Drop queued faults and bring a dying server back.
+    pub fn heal(&self) {
+        self.with(|s| {
+            s.faults.clear();
+            s.die_after = None;
+            s.last.clear();
+        });
+    }
 }
 
 async fn knobs(State(state): State<Arc<Mutex<KitState>>>, req: Request, next: Next) -> Response {
@@ -113,6 +133,7 @@ async fn knobs(State(state): State<Arc<Mutex<KitState>>>, req: Request, next: Ne
             .map(|p| p.as_str().to_string())
             .unwrap_or_default()
     );
+    let path = req.uri().path().to_string();
     let (fault, latency) = match state.lock() {
         Ok(mut s) => {
             let n = s.requests.len();
@@ -135,10 +156,62 @@ async fn knobs(State(state): State<Arc<Mutex<KitState>>>, req: Request, next: Ne
         tokio::time::sleep(latency).await;
     }
     match fault {
-        None => next.run(req).await,
+        None => remember(&state, path, next.run(req).await).await,
         Some(FakeFault::Delay(d)) => {
             tokio::time::sleep(d).await;
-            next.run(req).await
+            remember(&state, path, next.run(req).await).await
+        }
+        Some(FakeFault::RateLimitExhausted { reset_secs }) => {
+            let reset = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() + reset_secs)
+                .unwrap_or(0);
+            let mut resp = (
+                StatusCode::FORBIDDEN,
+                r#"{"message":"API rate limit exceeded","documentation_url":"https://docs.github.com/rest/overview/resources-in-the-rest-api#rate-limiting"}"#,
+            )
+                .into_response();
+            let h = resp.headers_mut();
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+            h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            if let Ok(v) = HeaderValue::from_str(&reset.to_string()) {
+                h.insert("x-ratelimit-reset", v);
+            }
+            resp
+        }
+        Some(FakeFault::Reset) => {
+            let broken = futures::stream::iter([Err::<bytes::Bytes, std::io::Error>(
+                std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"),
+            )]);
+            (StatusCode::OK, Body::from_stream(broken)).into_response()
+        }
+        Some(FakeFault::CutMidBody) => {
+            let resp = next.run(req).await;
+            let (mut parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            let half = bytes.slice(0..bytes.len() / 2);
+            parts.headers.remove("content-length");
+            let broken = futures::stream::iter([
+                Ok::<bytes::Bytes, std::io::Error>(half),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "injected cut",
+                )),
+            ]);
+            Response::from_parts(parts, Body::from_stream(broken))
+        }
+        Some(FakeFault::RepeatPage) => {
+            let last = state.lock().ok().and_then(|s| s.last.get(&path).cloned());
+            match last {
+                Some((status, headers, body)) => {
+                    let mut resp = (status, body).into_response();
+                    *resp.headers_mut() = headers;
+                    resp
+                }
+                None => remember(&state, path, next.run(req).await).await,
+            }
         }
         Some(FakeFault::Status {
             code,
@@ -173,6 +246,22 @@ async fn knobs(State(state): State<Arc<Mutex<KitState>>>, req: Request, next: Ne
             Response::from_parts(parts, Body::from(cut))
         }
     }
+}
+
+/// Keep a copy of a successful answer (for `RepeatPage`) and pass it on.
+async fn remember(state: &Arc<Mutex<KitState>>, path: String, resp: Response) -> Response {
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    if let Ok(mut s) = state.lock() {
+        s.last
+            .insert(path, (parts.status, parts.headers.clone(), bytes.clone()));
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// A fake API's request budget: `limit` requests per fixed `window` (PagerDuty's and Slack's

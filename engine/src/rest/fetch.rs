@@ -233,6 +233,7 @@ pub struct CallLog {
     total: AtomicU64,
     counters: Mutex<std::collections::BTreeMap<String, CallCounters>>,
     sink: SinkSlot,
+    metrics: crate::metrics::Metrics,
 }
 
 impl CallLog {
@@ -245,10 +246,27 @@ impl CallLog {
         }
     }
 
+    /// Prometheus series, connection health and recent statements.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
     pub fn record(&self, r: CallRecord) {
         if let Some(sink) = self.sink.0.read().ok().and_then(|s| s.clone()) {
             sink(&r);
         }
+        self.metrics.on_call(&r);
+        tracing::debug!(
+            query_id = r.query_id,
+            connection = %r.connection,
+            table = %r.table,
+            request = %format_args!("{} {}", r.method, r.url),
+            status = r.status,
+            latency_ms = r.latency.as_millis() as u64,
+            cache_hit = r.cache_hit,
+            attempt = r.attempt,
+            "api call"
+        );
         self.total.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut all) = self.counters.lock() {
             let c = all.entry(r.connection.clone()).or_default();
@@ -752,6 +770,7 @@ impl Fetcher {
         }
         let result = self.send_with_retries(table, call, opts).await;
         if let Ok(mut b) = self.breaker.lock() {
+            let was_open = b.open_until.is_some();
             match &result {
                 Ok(_) => *b = Breaker::default(),
                 // The user's own mistakes do not trip the breaker.
@@ -766,6 +785,12 @@ impl Fetcher {
                         b.open_until = Some(Instant::now() + self.config.breaker_cooldown);
                     }
                 }
+            }
+            let open = b.open_until.is_some();
+            if open != was_open {
+                self.log
+                    .metrics()
+                    .set_breaker_open(&self.config.connection, open);
             }
         }
         result
@@ -949,6 +974,9 @@ impl Fetcher {
         let Some((remaining, wait)) = rate_limit_state(headers) else {
             return;
         };
+        self.log
+            .metrics()
+            .set_rate_limit_remaining(&self.config.connection, remaining);
         if remaining >= self.config.concurrency as f64 {
             return;
         }
@@ -1095,7 +1123,8 @@ impl Fetcher {
                             bytes: bytes.len() as u64,
                             latency,
                             attempt,
-                            error: None,
+                            error: matches!(parsed, Some(Err(_)))
+                                .then(|| "response is not valid JSON".to_string()),
                             cache_hit: false,
                             query_id: opts.query_id,
                             rows,
