@@ -50,6 +50,10 @@ pub struct WorkloadQuery {
     /// A statement giving the fewest API calls the query's filters allow: the matching rows
     /// of each endpoint divided by the API's largest page, rounded up, at least one request.
     pub min_calls_sql: &'static str,
+    /// The longest run of requests that must follow one another (pages of one cursor), when
+    /// it differs from `min_calls_sql`: with independent endpoints fetched in parallel, this
+    /// many API round trips is the physical floor of the query's latency.
+    pub chain_sql: Option<&'static str>,
 }
 
 /// The query set (the 1M-row aggregate lives in the bench runner: it needs a warehouse table
@@ -65,6 +69,14 @@ pub const QUERIES: &[WorkloadQuery] = &[
           + (SELECT greatest(ceil(count(*) / 100.0), 1) FROM jira.issues)
           + (SELECT greatest(ceil(count(*) / 100.0), 1) FROM pagerduty.incidents)
           + (SELECT greatest(ceil(count(*) / 2000.0), 1) FROM salesforce.accounts)",
+        chain_sql: Some(
+            "SELECT greatest(
+            (SELECT max(greatest(ceil(n / 100.0), 1)) FROM (SELECT repository, count(*) AS n
+               FROM github.pull_requests WHERE state = 'closed' GROUP BY repository) g),
+            (SELECT greatest(ceil(count(*) / 100.0), 1) FROM jira.issues),
+            (SELECT greatest(ceil(count(*) / 100.0), 1) FROM pagerduty.incidents),
+            (SELECT greatest(ceil(count(*) / 2000.0), 1) FROM salesforce.accounts))",
+        ),
     },
     WorkloadQuery {
         name: "github: open PRs of one repository",
@@ -73,6 +85,7 @@ pub const QUERIES: &[WorkloadQuery] = &[
         connections: &["github"],
         min_calls_sql: "SELECT greatest(ceil(count(*) / 100.0), 1) FROM github.pull_requests \
               WHERE repository = 'acme/api' AND state = 'open'",
+        chain_sql: None,
     },
     WorkloadQuery {
         name: "jira: one project's unfinished issues",
@@ -81,12 +94,14 @@ pub const QUERIES: &[WorkloadQuery] = &[
         connections: &["jira"],
         min_calls_sql: "SELECT greatest(ceil(count(*) / 100.0), 1) FROM jira.issues \
               WHERE project = 'PAY' AND status <> 'Done'",
+        chain_sql: None,
     },
     WorkloadQuery {
         name: "stripe: LIMIT 10 on charges",
         sql: "SELECT id, amount, currency FROM stripe.charges LIMIT 10",
         connections: &["stripe"],
         min_calls_sql: "SELECT 1",
+        chain_sql: None,
     },
     WorkloadQuery {
         name: "salesforce x warehouse: top accounts by revenue",
@@ -95,6 +110,7 @@ pub const QUERIES: &[WorkloadQuery] = &[
               GROUP BY a.name ORDER BY revenue DESC, a.name LIMIT 5",
         connections: &["salesforce"],
         min_calls_sql: "SELECT greatest(ceil(count(*) / 2000.0), 1) FROM salesforce.accounts",
+        chain_sql: None,
     },
 ];
 
@@ -163,6 +179,10 @@ impl DemoServer {
 
     /// Requests every fake has received.
     pub fn total_requests(&self) -> usize {
-        self.world.fakes.iter().map(|(_, f)| f.request_count()).sum()
+        self.world
+            .fakes
+            .iter()
+            .map(|(_, f)| f.request_count())
+            .sum()
     }
 }

@@ -114,8 +114,10 @@ impl ConnectionStats {
 
     /// Share of requests that succeeded, in percent (`None` before the first request).
     pub fn success_pct(&self) -> Option<f64> {
-        (self.requests > 0)
-            .then(|| 100.0 * (self.requests - self.error_count().min(self.requests)) as f64 / self.requests as f64)
+        (self.requests > 0).then(|| {
+            100.0 * (self.requests - self.error_count().min(self.requests)) as f64
+                / self.requests as f64
+        })
     }
 
     /// Share of the last 24 hours' active minutes in which the service answered: a minute
@@ -501,8 +503,7 @@ impl Metrics {
     /// The Prometheus text exposition of every series.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).is_err()
-        {
+        if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
@@ -556,10 +557,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"joinery_api_errors_total{connection="gh",table="issues",kind="timeout"} 1"#),
+            text.contains(
+                r#"joinery_api_errors_total{connection="gh",table="issues",kind="timeout"} 1"#
+            ),
             "{text}"
         );
-        assert!(text.contains("joinery_api_request_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("joinery_api_request_duration_seconds_bucket"),
+            "{text}"
+        );
 
         let progress = m.query_progress(7).expect("running");
         assert_eq!((progress.pages, progress.rows), (100, 1000));

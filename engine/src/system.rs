@@ -81,7 +81,10 @@ impl SystemTableKind {
             described(
                 Field::new(
                     n,
-                    DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+                    DataType::Timestamp(
+                        arrow::datatypes::TimeUnit::Microsecond,
+                        Some("UTC".into()),
+                    ),
                     true,
                 ),
                 d,
@@ -96,7 +99,10 @@ impl SystemTableKind {
                     u("cache_hits", "Page reads answered from the cache"),
                     u("errors", "Failed requests (any kind)"),
                     u("rate_limited", "Requests refused with 429"),
-                    u("server_errors", "5xx answers, timeouts, resets and malformed bodies"),
+                    u(
+                        "server_errors",
+                        "5xx answers, timeouts, resets and malformed bodies",
+                    ),
                     u("retries", "Requests that retried an earlier attempt"),
                     u("bytes", "Response bytes received"),
                     f("success_pct", "Share of requests that succeeded, percent"),
@@ -105,12 +111,24 @@ impl SystemTableKind {
                         "Share of the last 24 h's active minutes in which the service answered (a minute with only service failures is down), percent",
                     ),
                     f("p50_ms", "Median latency of the last 1024 requests"),
-                    f("p95_ms", "95th percentile latency of the last 1024 requests"),
-                    s("last_error", "The last failed request and why (secrets redacted)"),
+                    f(
+                        "p95_ms",
+                        "95th percentile latency of the last 1024 requests",
+                    ),
+                    s(
+                        "last_error",
+                        "The last failed request and why (secrets redacted)",
+                    ),
                     ts("last_error_at", "When it failed"),
                     ts("last_success_at", "The last successful request"),
-                    f("rate_limit_remaining", "Requests left in the API's window, from its headers"),
-                    s("circuit_breaker", "closed, or open while requests fail fast"),
+                    f(
+                        "rate_limit_remaining",
+                        "Requests left in the API's window, from its headers",
+                    ),
+                    s(
+                        "circuit_breaker",
+                        "closed, or open while requests fail fast",
+                    ),
                 ]),
                 "Health of every connection since the server started",
             ),
@@ -343,8 +361,9 @@ impl SystemTable {
                 let mut b_kind = StringBuilder::new();
                 let mut ints: Vec<arrow::array::UInt64Builder> =
                     (0..7).map(|_| arrow::array::UInt64Builder::new()).collect();
-                let mut floats: Vec<arrow::array::Float64Builder> =
-                    (0..4).map(|_| arrow::array::Float64Builder::new()).collect();
+                let mut floats: Vec<arrow::array::Float64Builder> = (0..4)
+                    .map(|_| arrow::array::Float64Builder::new())
+                    .collect();
                 let mut last_error = StringBuilder::new();
                 let mut last_error_at =
                     arrow::array::TimestampMicrosecondBuilder::new().with_timezone("UTC");
@@ -389,8 +408,15 @@ impl SystemTable {
                 }
                 let mut cols: Vec<ArrayRef> =
                     vec![Arc::new(b_conn.finish()), Arc::new(b_kind.finish())];
-                cols.extend(ints.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
-                cols.extend(floats.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
+                cols.extend(
+                    ints.into_iter()
+                        .map(|mut b| Arc::new(b.finish()) as ArrayRef),
+                );
+                cols.extend(
+                    floats
+                        .into_iter()
+                        .map(|mut b| Arc::new(b.finish()) as ArrayRef),
+                );
                 cols.extend([
                     Arc::new(last_error.finish()) as ArrayRef,
                     Arc::new(last_error_at.finish()),

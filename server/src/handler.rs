@@ -1218,21 +1218,23 @@ impl StatementAudit {
             r.remove(&self.query_id);
         }
         let elapsed = self.started.elapsed();
-        self.shared.metrics().finish_query(joinery_engine::metrics::QueryRecord {
-            query_id: self.query_id,
-            at: std::time::SystemTime::now()
-                .checked_sub(elapsed)
-                .unwrap_or(std::time::UNIX_EPOCH),
-            user: self.session.user.clone(),
-            statement: joinery_engine::audit::mask_statement(&self.sql),
-            duration: elapsed,
-            connectors: Default::default(),
-            api_calls: 0,
-            cache_hits: 0,
-            bytes: 0,
-            rows: Some(rows as u64),
-            status: status.to_string(),
-        });
+        self.shared
+            .metrics()
+            .finish_query(joinery_engine::metrics::QueryRecord {
+                query_id: self.query_id,
+                at: std::time::SystemTime::now()
+                    .checked_sub(elapsed)
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                user: self.session.user.clone(),
+                statement: joinery_engine::audit::mask_statement(&self.sql),
+                duration: elapsed,
+                connectors: Default::default(),
+                api_calls: 0,
+                cache_hits: 0,
+                bytes: 0,
+                rows: Some(rows),
+                status: status.to_string(),
+            });
         tracing::info!(
             query_id = self.query_id,
             user = %self.session.user,

@@ -49,7 +49,10 @@ pub async fn start(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<Obs
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         shared.metrics().encode(),
     )
 }

@@ -3,77 +3,13 @@
 
 use std::time::Duration;
 
-use joinery_providers::demo::world;
-use joinery_tests::{TestServer, text_rows};
-
-/// The question of the README: shipping velocity this quarter against last quarter (merged PRs
-/// and the story points of the Jira issues they name), and the open P0 incidents hitting the
-/// top-10 Salesforce accounts by the warehouse's revenue.
-pub const BRIEF_QUESTION: &str = "
-WITH merged AS (
-  SELECT p.merged_at, j.story_points
-  FROM github.pull_requests p
-  LEFT JOIN jira.issues j ON j.key = split_part(p.title, ':', 1)
-  WHERE p.state = 'closed' AND p.merged_at >= TIMESTAMP '2026-05-24 12:00:00'
-),
-velocity AS (
-  SELECT count(*) FILTER (WHERE merged_at >= TIMESTAMP '2026-08-22 12:00:00') AS prs_this_quarter,
-         count(*) FILTER (WHERE merged_at <  TIMESTAMP '2026-08-22 12:00:00') AS prs_last_quarter,
-         sum(story_points) FILTER (WHERE merged_at >= TIMESTAMP '2026-08-22 12:00:00') AS points_this_quarter,
-         sum(story_points) FILTER (WHERE merged_at <  TIMESTAMP '2026-08-22 12:00:00') AS points_last_quarter
-  FROM merged
-),
-top_customers AS (
-  SELECT a.id, a.name, sum(r.mrr) AS revenue_12m
-  FROM salesforce.accounts a JOIN warehouse.revenue r ON r.account_id = a.id
-  GROUP BY a.id, a.name ORDER BY revenue_12m DESC LIMIT 10
-),
-p0 AS (
-  SELECT count(DISTINCT i.id) AS open_p0_incidents,
-         string_agg(DISTINCT c.name, ', ') AS top_customers_affected
-  FROM pagerduty.incidents i
-  JOIN warehouse.service_accounts m ON m.service_id = i.service_id
-  JOIN top_customers c ON c.id = m.account_id
-  WHERE i.status <> 'resolved' AND i.priority = 'P0'
-)
-SELECT * FROM velocity CROSS JOIN p0";
-
-fn toml_value(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => format!("{s:?}"),
-        serde_json::Value::Array(a) => format!(
-            "[{}]",
-            a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
-        ),
-        other => other.to_string(),
-    }
-}
-
-async fn start_world() -> (world::DemoWorld, TestServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let w = world::start(42, 1, world::default_as_of(), Duration::ZERO, dir.path())
-        .await
-        .expect("world starts");
-    let mut toml = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
-    for c in &w.connections {
-        toml.push_str(&format!(
-            "\n[connections.{}]\nkind = \"{}\"\n",
-            c.name, c.kind
-        ));
-        if let Some(b) = &c.base_url {
-            toml.push_str(&format!("base_url = \"{b}\"\n"));
-        }
-        for (k, v) in &c.options {
-            toml.push_str(&format!("{k} = {}\n", toml_value(v)));
-        }
-    }
-    let server = TestServer::with_config(&toml).await;
-    (w, server, dir)
-}
+use joinery_tests::text_rows;
+use joinery_tests::workload::{BRIEF_QUESTION, DemoServer};
 
 #[tokio::test]
 async fn the_briefs_question_in_one_statement() {
-    let (w, server, _dir) = start_world().await;
+    let demo = DemoServer::start(42, 1, Duration::ZERO, "", "").await;
+    let (w, server) = (&demo.world, &demo.server);
     let client = server.client().await;
     let rows = text_rows(&client, BRIEF_QUESTION).await;
     assert_eq!(rows.len(), 1);

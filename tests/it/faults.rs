@@ -40,17 +40,83 @@ struct Case {
 fn cases() -> Vec<Case> {
     use Expect::*;
     vec![
-        Case { name: "429 with Retry-After", faults: || vec![status(429, Some(1))], dies: false, only: None, expect: Answer },
-        Case { name: "429 without Retry-After", faults: || vec![status(429, None)], dies: false, only: None, expect: Answer },
-        Case { name: "403, rate limit remaining 0", faults: || vec![FakeFault::RateLimitExhausted { reset_secs: 1 }], dies: false, only: None, expect: AnswerOrError },
-        Case { name: "500", faults: || vec![status(500, None)], dies: false, only: None, expect: Answer },
-        Case { name: "502", faults: || vec![status(502, None)], dies: false, only: None, expect: Answer },
-        Case { name: "503", faults: || vec![status(503, None)], dies: false, only: None, expect: Answer },
-        Case { name: "slow past the timeout", faults: || vec![FakeFault::Delay(Duration::from_millis(1500))], dies: false, only: None, expect: Answer },
-        Case { name: "connection reset", faults: || vec![FakeFault::Reset], dies: false, only: None, expect: Answer },
-        Case { name: "body cut mid-stream", faults: || vec![FakeFault::CutMidBody], dies: false, only: None, expect: Answer },
-        Case { name: "malformed JSON", faults: || vec![FakeFault::Malformed], dies: false, only: None, expect: AnswerOrError },
-        Case { name: "page truncated mid-body", faults: || vec![FakeFault::Truncated], dies: false, only: None, expect: AnswerOrError },
+        Case {
+            name: "429 with Retry-After",
+            faults: || vec![status(429, Some(1))],
+            dies: false,
+            only: None,
+            expect: Answer,
+        },
+        Case {
+            name: "429 without Retry-After",
+            faults: || vec![status(429, None)],
+            dies: false,
+            only: None,
+            expect: Answer,
+        },
+        Case {
+            name: "403, rate limit remaining 0",
+            faults: || vec![FakeFault::RateLimitExhausted { reset_secs: 1 }],
+            dies: false,
+            only: None,
+            expect: AnswerOrError,
+        },
+        Case {
+            name: "500",
+            faults: || vec![status(500, None)],
+            dies: false,
+            only: None,
+            expect: Answer,
+        },
+        Case {
+            name: "502",
+            faults: || vec![status(502, None)],
+            dies: false,
+            only: None,
+            expect: Answer,
+        },
+        Case {
+            name: "503",
+            faults: || vec![status(503, None)],
+            dies: false,
+            only: None,
+            expect: Answer,
+        },
+        Case {
+            name: "slow past the timeout",
+            faults: || vec![FakeFault::Delay(Duration::from_millis(1500))],
+            dies: false,
+            only: None,
+            expect: Answer,
+        },
+        Case {
+            name: "connection reset",
+            faults: || vec![FakeFault::Reset],
+            dies: false,
+            only: None,
+            expect: Answer,
+        },
+        Case {
+            name: "body cut mid-stream",
+            faults: || vec![FakeFault::CutMidBody],
+            dies: false,
+            only: None,
+            expect: Answer,
+        },
+        Case {
+            name: "malformed JSON",
+            faults: || vec![FakeFault::Malformed],
+            dies: false,
+            only: None,
+            expect: AnswerOrError,
+        },
+        Case {
+            name: "page truncated mid-body",
+            faults: || vec![FakeFault::Truncated],
+            dies: false,
+            only: None,
+            expect: AnswerOrError,
+        },
         Case {
             name: "cursor repeats (page 2 = page 1)",
             faults: || vec![FakeFault::Delay(Duration::ZERO), FakeFault::RepeatPage],
@@ -59,8 +125,20 @@ fn cases() -> Vec<Case> {
             only: Some(&["github", "jira", "salesforce", "stripe"]),
             expect: AnswerOrError,
         },
-        Case { name: "expired token (401, refresh)", faults: || vec![status(401, None)], dies: false, only: Some(&["salesforce"]), expect: Answer },
-        Case { name: "fake dies mid-scan", faults: Vec::new, dies: true, only: None, expect: AnswerOrError },
+        Case {
+            name: "expired token (401, refresh)",
+            faults: || vec![status(401, None)],
+            dies: false,
+            only: Some(&["salesforce"]),
+            expect: Answer,
+        },
+        Case {
+            name: "fake dies mid-scan",
+            faults: Vec::new,
+            dies: true,
+            only: None,
+            expect: AnswerOrError,
+        },
         Case {
             name: "mixed: 429 + 503 + reset",
             faults: || vec![status(429, None), status(503, None), FakeFault::Reset],
@@ -135,9 +213,9 @@ async fn fault_matrix_never_gives_a_wrong_answer() {
                     let rows: Vec<Vec<Option<String>>> = msgs
                         .iter()
                         .filter_map(|m| match m {
-                            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                                (0..r.len()).map(|i| r.get(i).map(str::to_string)).collect(),
-                            ),
+                            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                            }
                             _ => None,
                         })
                         .collect();
@@ -177,11 +255,7 @@ async fn fault_matrix_never_gives_a_wrong_answer() {
                 q.name
             );
         }
-        let stats = text_rows(
-            &client,
-            "SELECT sum(errors) FROM joinery.connector_stats",
-        )
-        .await;
+        let stats = text_rows(&client, "SELECT sum(errors) FROM joinery.connector_stats").await;
         let errors = stats[0][0].clone().unwrap_or_default();
         table.push(format!(
             "| {} | {} | {} | {} | {} | {} |",
@@ -191,6 +265,10 @@ async fn fault_matrix_never_gives_a_wrong_answer() {
             problems.push(format!("{}: errors not in connector_stats", case.name));
         }
     }
-    println!("\nFault matrix ({} queries per fault):\n{}\n", QUERIES.len(), table.join("\n"));
+    println!(
+        "\nFault matrix ({} queries per fault):\n{}\n",
+        QUERIES.len(),
+        table.join("\n")
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

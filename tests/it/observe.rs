@@ -20,7 +20,10 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -112,7 +115,9 @@ async fn metrics_health_connector_stats_and_queries() {
     assert_eq!(h["connections"]["pagerduty"]["state"], "degraded", "{h}");
     let (_, metrics) = http_get(observe.addr, "/metrics").await;
     assert!(
-        metrics.contains(r#"joinery_api_errors_total{connection="pagerduty",table="services",kind="server"}"#),
+        metrics.contains(
+            r#"joinery_api_errors_total{connection="pagerduty",table="services",kind="server"}"#
+        ),
         "{metrics}"
     );
 }

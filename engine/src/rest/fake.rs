@@ -513,7 +513,12 @@ async fn handle(
                     "injected cut",
                 )),
             ]);
-            (StatusCode::OK, headers, axum::body::Body::from_stream(broken)).into_response()
+            (
+                StatusCode::OK,
+                headers,
+                axum::body::Body::from_stream(broken),
+            )
+                .into_response()
         }
         Some(Fault::Truncated) => {
             let text = body.to_string();

@@ -583,7 +583,13 @@ impl Fetcher {
         let limiter = config
             .rate_per_second
             .and_then(std::num::NonZeroU32::new)
-            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
+            // Evenly spaced, no burst: a burst of n on top of n per second would put up to 2n
+            // requests in one second (and 110 into HubSpot's 100-per-10-s window).
+            .map(|n| {
+                governor::RateLimiter::direct(
+                    governor::Quota::per_second(n).allow_burst(std::num::NonZeroU32::MIN),
+                )
+            });
         Ok(Self {
             client,
             config,
