@@ -460,6 +460,22 @@ impl Metrics {
         self.running.lock().ok()?.get(&query_id).cloned()
     }
 
+    /// What every running statement has fetched so far, summed (a CLI progress line).
+    pub fn running_totals(&self) -> QueryCalls {
+        let mut total = QueryCalls::default();
+        if let Ok(running) = self.running.lock() {
+            for q in running.values() {
+                total.connectors.extend(q.connectors.iter().cloned());
+                total.api_calls += q.api_calls;
+                total.cache_hits += q.cache_hits;
+                total.bytes += q.bytes;
+                total.pages += q.pages;
+                total.rows += q.rows;
+            }
+        }
+        total
+    }
+
     /// Record a finished statement; its calls are attached to it.
     pub fn finish_query(&self, mut q: QueryRecord) {
         if let Some(calls) = self

@@ -1406,17 +1406,21 @@ impl QueryHandler {
         let started = Instant::now();
         let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
         let ctx = session.ctx.clone();
-        let (schema, stream) = match guarded(
-            async move {
-                let df = ctx
-                    .execute_logical_plan(plan)
-                    .await
-                    .map_err(|e| from_datafusion(&e))?;
-                let stream = df.execute_stream().await.map_err(|e| from_datafusion(&e))?;
-                Ok((stream.schema(), stream))
-            },
-            &token,
-            deadline,
+        let span = tracing::info_span!("query", query_id, user = %session.user, pid = session.pid);
+        let (schema, stream) = match tracing::Instrument::instrument(
+            guarded(
+                async move {
+                    let df = ctx
+                        .execute_logical_plan(plan)
+                        .await
+                        .map_err(|e| from_datafusion(&e))?;
+                    let stream = df.execute_stream().await.map_err(|e| from_datafusion(&e))?;
+                    Ok((stream.schema(), stream))
+                },
+                &token,
+                deadline,
+            ),
+            span,
         )
         .await
         {

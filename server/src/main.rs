@@ -255,6 +255,42 @@ fn init_logging() {
         .init();
 }
 
+/// On a terminal, a spinner with what the running statement fetched so far (pages, rows, the
+/// tools asked); nothing when stderr is a pipe or a file.
+fn progress_bar(
+    shared: &std::sync::Arc<joinery_server::handler::Shared>,
+) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
+        bar.set_style(style);
+    }
+    let (b, s) = (bar.clone(), shared.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let p = s.metrics().running_totals();
+            let tools = p.connectors.iter().cloned().collect::<Vec<_>>().join(", ");
+            b.set_message(format!(
+                "{} page(s), {} row(s) fetched ({} from cache){}",
+                p.pages,
+                p.rows,
+                p.cache_hits,
+                if tools.is_empty() {
+                    String::new()
+                } else {
+                    format!(" from {tools}")
+                }
+            ));
+            b.tick();
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    Some((bar, task))
+}
+
 fn metrics_addr(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
     if s == "off" {
         return Ok(None);
@@ -471,9 +507,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             };
             let shared = build(&cfg).await.map_err(|e| e.to_string())?;
             let user = std::env::var("USER").unwrap_or_else(|_| "joinery".into());
-            let results = run_local(&shared, &user, &sql)
-                .await
-                .map_err(|e| format!("ERROR: {} (SQLSTATE {})", e.message, e.state.0))?;
+            let progress = progress_bar(&shared);
+            let results = run_local(&shared, &user, &sql).await;
+            if let Some((bar, task)) = progress {
+                task.abort();
+                bar.finish_and_clear();
+            }
+            let results =
+                results.map_err(|e| format!("ERROR: {} (SQLSTATE {})", e.message, e.state.0))?;
             print_results(&results, format)
         }
         Commands::Check { config } => {

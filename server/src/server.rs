@@ -224,14 +224,47 @@ pub async fn run_local(
                 "session commands (SET, BEGIN, ...) have no effect in `joinery query`; connect with psql instead",
             ));
         }
+        let text = stmt.to_string();
         let (plan, names) = crate::handler::plan_statement(&session, stmt).await?;
-        let df = session
-            .ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(|e| from_datafusion(&e))?;
-        let schema = df.schema().as_arrow().clone();
-        let batches = df.collect().await.map_err(|e| from_datafusion(&e))?;
+        // A query id links the calls to the statement (progress, joinery.queries).
+        let query_id = shared.next_query_id();
+        session.set_query_id(query_id);
+        let started = std::time::Instant::now();
+        let run = async {
+            let df = session
+                .ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(|e| from_datafusion(&e))?;
+            let schema = df.schema().as_arrow().clone();
+            let batches = df.collect().await.map_err(|e| from_datafusion(&e))?;
+            Ok::<_, SqlError>((schema, batches))
+        }
+        .await;
+        shared
+            .metrics()
+            .finish_query(joinery_engine::metrics::QueryRecord {
+                query_id,
+                at: std::time::SystemTime::now()
+                    .checked_sub(started.elapsed())
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                user: user.to_string(),
+                statement: joinery_engine::audit::mask_statement(&text),
+                duration: started.elapsed(),
+                connectors: Default::default(),
+                api_calls: 0,
+                cache_hits: 0,
+                bytes: 0,
+                rows: run
+                    .as_ref()
+                    .ok()
+                    .map(|(_, b)| b.iter().map(|b| b.num_rows() as u64).sum()),
+                status: match &run {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.state.0.to_string(),
+                },
+            });
+        let (schema, batches) = run?;
         let opts = Arc::new(session.settings()?.format_options());
         let enc = ResultEncoder::with_names(&schema, names.as_deref(), &Format::UnifiedText, opts)
             .map_err(|e| SqlError::new(SqlState::INTERNAL_ERROR, e.to_string()))?;

@@ -774,7 +774,15 @@ impl Fetcher {
             .with_connection(self.config.connection.clone())
             .with_table(table.to_string()));
         }
-        let result = self.send_with_retries(table, call, opts).await;
+        // One span per logical call (its retries inside), linked to the statement by query_id.
+        let span = tracing::debug_span!(
+            "api_call",
+            query_id = opts.query_id,
+            connection = %self.config.connection,
+            table = %table,
+        );
+        let result =
+            tracing::Instrument::instrument(self.send_with_retries(table, call, opts), span).await;
         if let Ok(mut b) = self.breaker.lock() {
             let was_open = b.open_until.is_some();
             match &result {

@@ -44,6 +44,7 @@ fn literal(e: &Expr) -> Option<&ScalarValue> {
 fn flip(op: Operator) -> Option<Operator> {
     Some(match op {
         Operator::Eq => Operator::Eq,
+        Operator::NotEq => Operator::NotEq,
         Operator::Lt => Operator::Gt,
         Operator::LtEq => Operator::GtEq,
         Operator::Gt => Operator::Lt,
@@ -55,6 +56,7 @@ fn flip(op: Operator) -> Option<Operator> {
 fn filter_op(op: Operator) -> Option<FilterOp> {
     Some(match op {
         Operator::Eq => FilterOp::Eq,
+        Operator::NotEq => FilterOp::Ne,
         Operator::Lt => FilterOp::Lt,
         Operator::LtEq => FilterOp::Lte,
         Operator::Gt => FilterOp::Gt,
@@ -140,11 +142,16 @@ pub fn recognize(e: &Expr) -> Option<Vec<Matched>> {
             ),
             _ => None,
         },
-        Expr::InList(l) if !l.negated => {
+        Expr::InList(l) => {
             let c = column_name(&l.expr)?;
             let values: Option<Vec<ScalarValue>> =
                 l.list.iter().map(|v| literal(v).cloned()).collect();
-            one(c, FilterOp::In, values?)
+            let op = if l.negated {
+                FilterOp::NotIn
+            } else {
+                FilterOp::In
+            };
+            one(c, op, values?)
         }
         Expr::Between(b) if !b.negated => {
             let c = column_name(&b.expr)?;
@@ -312,6 +319,8 @@ fn bind_all(
                     let alt = match (m.op, m.values.len()) {
                         (FilterOp::Eq, _) => FilterOp::In,
                         (FilterOp::In, 1) => FilterOp::Eq,
+                        (FilterOp::Ne, _) => FilterOp::NotIn,
+                        (FilterOp::NotIn, 1) => FilterOp::Ne,
                         _ => return None,
                     };
                     spec.filters.iter().enumerate().find(|(_, r)| {
@@ -345,11 +354,14 @@ fn bind_all(
                     ok = false;
                     break;
                 };
-                let op = if m.op == FilterOp::In && values.len() == 1 && !rule.accepts(FilterOp::In)
-                {
-                    FilterOp::Eq
-                } else {
-                    m.op
+                let op = match m.op {
+                    FilterOp::In if values.len() == 1 && !rule.accepts(FilterOp::In) => {
+                        FilterOp::Eq
+                    }
+                    FilterOp::NotIn if values.len() == 1 && !rule.accepts(FilterOp::NotIn) => {
+                        FilterOp::Ne
+                    }
+                    other => other,
                 };
                 // A clause must be writable in the query language (no control characters...).
                 if let (Some(field), Some(ql)) = (&rule.clause, &spec.query_language)
@@ -358,7 +370,7 @@ fn bind_all(
                     ok = false;
                     break;
                 }
-                all_exact &= rule.exact;
+                all_exact &= rule.exact && !matches!(op, FilterOp::Ne | FilterOp::NotIn);
                 local.push(Binding {
                     rule: idx,
                     op,
@@ -962,7 +974,10 @@ mod tests {
             Some(FilterOp::Prefix)
         );
         assert_eq!(recognize(&col("state").like(lit("o_%"))), None);
-        assert_eq!(recognize(&col("state").not_eq(lit("x"))), None);
+        assert_eq!(
+            recognize(&col("state").not_eq(lit("x"))).map(|m| m[0].op),
+            Some(FilterOp::Ne)
+        );
         let or = col("state").eq(lit("a")).or(col("state").eq(lit("b")));
         assert_eq!(
             recognize(&or).map(|m| (m[0].op, m[0].values.len())),

@@ -85,6 +85,15 @@ pub fn clause(
     };
     Some(match op {
         FilterOp::Eq | FilterOp::Contains => format!("{field} = {}", lit(values.first()?)?),
+        FilterOp::Ne => format!("{field} != {}", lit(values.first()?)?),
+        FilterOp::NotIn => {
+            let items = values.iter().map(lit).collect::<Option<Vec<_>>>()?;
+            let kw = match dialect {
+                QlDialect::Jql => "not in",
+                QlDialect::Soql => "NOT IN",
+            };
+            format!("{field} {kw} ({})", items.join(", "))
+        }
         FilterOp::In => {
             let items = values.iter().map(lit).collect::<Option<Vec<_>>>()?;
             let kw = match dialect {

@@ -259,6 +259,10 @@ pub enum FilterOp {
     IsNotNull,
     /// `array_has(list_column, 'x')` / `'x' = ANY(list_column)`.
     Contains,
+    /// `<>`: never exact (query languages differ from SQL on NULLs), so always re-checked.
+    Ne,
+    /// `NOT IN (...)`, re-checked like `<>`.
+    NotIn,
 }
 
 impl FilterOp {
@@ -274,6 +278,8 @@ impl FilterOp {
             FilterOp::IsNull => "IS NULL",
             FilterOp::IsNotNull => "IS NOT NULL",
             FilterOp::Contains => "= ANY",
+            FilterOp::Ne => "<>",
+            FilterOp::NotIn => "NOT IN",
         }
     }
 }
