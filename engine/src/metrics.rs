@@ -68,6 +68,7 @@ pub fn error_kind(r: &CallRecord) -> Option<&'static str> {
         (None, Some(e)) if e.contains("timed out") => Some("timeout"),
         (None, _) => Some("network"),
         (Some(429), _) => Some("rate_limited"),
+        (Some(403), Some(e)) if e.contains("rate limit") => Some("rate_limited"),
         (Some(401 | 403), _) => Some("auth"),
         (Some(s), _) if s >= 500 => Some("server"),
         (Some(s), _) if s >= 400 => Some("client"),
@@ -124,11 +125,11 @@ impl ConnectionStats {
     /// with service failures (5xx, timeouts, resets, malformed bodies) and no successful
     /// request is a minute down; 429s and the caller's own errors do not count against it.
     pub fn uptime_pct(&self) -> Option<f64> {
-        let active = self.minutes.len();
+        let since = minute_of(SystemTime::now()).saturating_sub(UPTIME_MINUTES as u64);
+        let recent = || self.minutes.iter().filter(|m| m.0 >= since);
+        let active = recent().count();
         (active > 0).then(|| {
-            let down = self
-                .minutes
-                .iter()
+            let down = recent()
                 .filter(|(_, _, failures, ok)| *failures > 0 && *ok == 0)
                 .count();
             100.0 * (active - down) as f64 / active as f64
@@ -363,6 +364,8 @@ impl Metrics {
                 s.latencies
                     .push_back(r.latency.as_micros().min(u32::MAX as u128) as u32);
                 let minute = minute_of(r.at);
+                // Records arrive about in order; a late one joins the newest minute.
+                let minute = s.minutes.back().map_or(minute, |m| minute.max(m.0));
                 if s.minutes.back().is_none_or(|m| m.0 != minute) {
                     if s.minutes.len() == UPTIME_MINUTES {
                         s.minutes.pop_front();

@@ -69,6 +69,21 @@ impl AccessControl {
     ) -> Result<Self, String> {
         let runtime = match &file {
             Some(f) if f.exists() => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(f)
+                        .map_err(|e| format!("cannot read grants file {}: {e}", f.display()))?
+                        .permissions()
+                        .mode();
+                    if mode & 0o022 != 0 {
+                        return Err(format!(
+                            "grants file {} is writable by others (mode {:o}); chmod 600 it",
+                            f.display(),
+                            mode & 0o777
+                        ));
+                    }
+                }
                 let text = std::fs::read_to_string(f)
                     .map_err(|e| format!("cannot read grants file {}: {e}", f.display()))?;
                 serde_json::from_str(&text)
@@ -332,10 +347,12 @@ impl datafusion::catalog::TableProvider for GrantsTable {
 /// Write `value` as JSON to `path` through a temporary file and a rename, mode 0600.
 fn write_private(path: &std::path::Path, value: &RuntimeGrants) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    // A fresh name each time, created (never reused): nothing another user placed there is
+    // written through.
+    let tmp = path.with_extension(format!("tmp.{:016x}", rand::random::<u64>()));
     {
         let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -346,7 +363,21 @@ fn write_private(path: &std::path::Path, value: &RuntimeGrants) -> std::io::Resu
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename itself durable.
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        })
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 impl AccessSource for AccessControl {

@@ -554,7 +554,11 @@ impl Config {
                     "{origin}: [roles.{name}]: a role cannot share its name with a user or PUBLIC"
                 )));
             }
-            let grants = connection_list(&cfg, r.grants, origin, &format!("[roles.{name}]"))?;
+            // A role without `grants` gives nothing until granted ("*" gives every connection).
+            let grants = match r.grants {
+                None => Some(Default::default()),
+                g => connection_list(&cfg, g, origin, &format!("[roles.{name}]"))?,
+            };
             roles.insert(name, crate::access::RoleConfig { grants });
         }
         let mut filters = Vec::new();

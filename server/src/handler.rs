@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::common::ParamValues;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::Expr;
@@ -840,6 +840,40 @@ pub async fn plan_statement(
     let names = crate::naming::output_names(&plan);
     let plan = narrow_int_literals(plan).map_err(|e| from_datafusion(&e))?;
     Ok((plan, names))
+}
+
+/// Refuse a planned statement that reads a connection the session may no longer use, or an
+/// admin-only system table (prepared before a REVOKE, run after it).
+fn check_plan_access(session: &Session, plan: &LogicalPlan) -> Result<(), SqlError> {
+    let mut denied: Option<SqlError> = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(schema) = scan.table_name.schema()
+        {
+            if session.catalog.is_hidden(schema) {
+                denied = Some(SqlError::new(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    format!("permission denied for schema {schema}"),
+                ));
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            if schema == joinery_engine::SYSTEM_SCHEMA
+                && joinery_engine::grants::ADMIN_TABLES.contains(&scan.table_name.table())
+                && !session.catalog.is_admin()
+            {
+                denied = Some(SqlError::new(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "permission denied for table {}: only admins read it",
+                        scan.table_name.table()
+                    ),
+                ));
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    denied.map_or(Ok(()), Err)
 }
 
 /// Fill in parameter types DataFusion left open, the way Postgres would resolve them:
@@ -1892,6 +1926,8 @@ impl QueryHandler {
                 sql,
                 ..
             } => {
+                // Access may have changed since the statement was prepared (REVOKE).
+                check_plan_access(session, plan)?;
                 let plan = match params {
                     Some(p) => plan
                         .as_ref()

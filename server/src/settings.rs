@@ -237,7 +237,8 @@ impl Settings {
             .filter(|d| !d.is_zero())
     }
 
-    /// How often a statement that has sent no row yet reports progress (`None`: never).
+    /// How often a statement that has sent no row yet reports progress (`None`: never; the
+    /// default is every 2 s).
     pub fn progress_interval(&self) -> Option<std::time::Duration> {
         let ms = self
             .get("joinery.progress_notices_ms")
@@ -415,6 +416,16 @@ mod tests {
 
     fn s() -> Settings {
         Settings::new("alice", &BTreeMap::new(), None)
+    }
+
+    #[test]
+    fn progress_notices_default_to_two_seconds_and_zero_turns_them_off() {
+        let mut s = s();
+        assert_eq!(s.progress_interval(), Some(Duration::from_secs(2)));
+        assert!(s.set("joinery.progress_notices_ms", "0").is_ok());
+        assert_eq!(s.progress_interval(), None);
+        assert!(s.set("joinery.progress_notices_ms", "250").is_ok());
+        assert_eq!(s.progress_interval(), Some(Duration::from_millis(250)));
     }
 
     #[test]

@@ -696,6 +696,8 @@ kind = "demo"
 [roles.analysts]
 grants = ["sales"]
 
+[roles.contractors]
+
 [users.alice]
 password = "{a}"
 admin = true
@@ -707,6 +709,10 @@ grants = ["engineering"]
 [users.carol]
 password = "{c}"
 roles = ["analysts"]
+
+[users.dave]
+password = "{c}"
+roles = ["contractors"]
 
 [[row_filters]]
 table = "sales.customers"
@@ -732,6 +738,10 @@ roles = ["analysts"]
     )
     .await;
     assert_ne!(all, emea);
+
+    // A role without grants gives nothing (until an admin grants it something).
+    let dave = login(&server, "dave", "carol-pw").await.expect("dave");
+    assert!(text_rows(&dave, schemata).await.is_empty());
 
     // Carol holds sales through her role, with the role's row filter; engineering is not hers.
     assert_eq!(
@@ -776,11 +786,21 @@ roles = ["analysts"]
         text_rows(&bob, "SELECT count(*) FROM sales.customers").await,
         all
     );
-    // A revoke of what the config gave takes it away.
+    // A revoke of what the config gave takes it away, from prepared statements too.
+    let prepared = bob
+        .prepare("SELECT count(*) FROM engineering.customers")
+        .await
+        .expect("prepare before the revoke");
+    bob.query(&prepared, &[]).await.expect("runs while granted");
     alice
         .simple_query("REVOKE USAGE ON SCHEMA engineering FROM bob")
         .await
         .expect("revoke");
+    let err = bob
+        .query(&prepared, &[])
+        .await
+        .expect_err("prepared before, run after the revoke");
+    assert_eq!(sqlstate(&err), "42501");
     let err = bob
         .simple_query("SELECT count(*) FROM engineering.customers")
         .await

@@ -333,6 +333,7 @@ impl ExecutionPlan for RestScanExec {
                 )
                 .boxed()
             })
+            .map(eager_first)
             .collect();
         let merged = stream::iter(walkers).flatten_unordered(concurrency);
         let limited = limit_rows(merged, self.plan.limit);
@@ -341,6 +342,59 @@ impl ExecutionPlan for RestScanExec {
             self.schema.clone(),
             out,
         )))
+    }
+}
+
+/// Start fetching a walker's first page now, when the plan starts executing, instead of when a
+/// consumer first asks: a hash join reads its build side to the end before it polls the probe
+/// side, so a lazy probe-side scan would only begin once the other tool's pages are all in.
+/// Only the first page goes ahead (any stream that is read needs it); later pages are fetched
+/// on demand, so a LIMIT above the scan never causes extra calls. Dropping the stream before the
+/// first page arrives cancels the fetch.
+fn eager_first<S>(walker: S) -> futures::stream::BoxStream<'static, Result<RecordBatch>>
+where
+    S: Stream<Item = Result<RecordBatch>> + Send + Unpin + 'static,
+{
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return walker.boxed();
+    };
+    let mut walker = walker;
+    let task = AbortOnDrop(rt.spawn(async move {
+        let first = walker.next().await;
+        (first, walker)
+    }));
+    stream::once(task)
+        .flat_map(|joined| match joined {
+            Ok((Some(first), rest)) => stream::once(async move { first }).chain(rest).boxed(),
+            Ok((None, _)) => stream::empty().boxed(),
+            Err(e) => stream::once(async move {
+                Err(JoineryError::new(
+                    ErrorKind::Internal,
+                    format!("page fetch task failed: {e}"),
+                ))
+            })
+            .boxed(),
+        })
+        .boxed()
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }
 

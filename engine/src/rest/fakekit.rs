@@ -114,6 +114,11 @@ impl FakeServer {
         self.with(|s| s.die_after = Some(n));
     }
 
+    /// Faults queued and not yet served.
+    pub fn pending_faults(&self) -> usize {
+        self.with(|s| s.faults.len()).unwrap_or(0)
+    }
+
     /// Drop queued faults and bring a dying server back.
     pub fn heal(&self) {
         self.with(|s| {

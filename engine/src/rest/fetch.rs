@@ -1137,8 +1137,13 @@ impl Fetcher {
                             bytes: bytes.len() as u64,
                             latency,
                             attempt,
-                            error: matches!(parsed, Some(Err(_)))
-                                .then(|| "response is not valid JSON".to_string()),
+                            error: if matches!(parsed, Some(Err(_))) {
+                                Some("response is not valid JSON".to_string())
+                            } else if status == 403 && rate_limit_reset(&headers).is_some() {
+                                Some("rate limit exhausted".to_string())
+                            } else {
+                                None
+                            },
                             cache_hit: false,
                             query_id: opts.query_id,
                             rows,

@@ -259,9 +259,11 @@ pub enum FilterOp {
     IsNotNull,
     /// `array_has(list_column, 'x')` / `'x' = ANY(list_column)`.
     Contains,
-    /// `<>`: never exact (query languages differ from SQL on NULLs), so always re-checked.
+    /// `<>`, only in a query-language clause, never exact. Declare it only where the
+    /// language's equality is SQL's (case-sensitive, no aliases): a re-check can drop rows the
+    /// API sent, never restore rows a looser negation left out.
     Ne,
-    /// `NOT IN (...)`, re-checked like `<>`.
+    /// `NOT IN (...)`, under the same rule as `<>`.
     NotIn,
 }
 
@@ -488,6 +490,18 @@ impl TableSpec {
         for c in &self.columns {
             if !seen.insert(c.name.as_str()) {
                 return err(format!("column '{}' is declared twice", c.name));
+            }
+        }
+        for f in &self.filters {
+            let negation = f
+                .ops
+                .iter()
+                .any(|o| matches!(o, FilterOp::Ne | FilterOp::NotIn));
+            if negation && f.clause.is_none() {
+                return err(format!(
+                    "filter on '{}': `ne`/`not_in` can only be written into a query-language `clause`",
+                    f.column
+                ));
             }
         }
         for r in &self.sort {

@@ -93,12 +93,15 @@ pub fn tables(story_points: &str, sprint: &str) -> Vec<Value> {
                 {"name": "raw", "type": "json", "path": "$"}
             ],
             "filters": [
-                {"column": "project", "ops": ["eq", "in", "ne", "not_in"], "clause": "project"},
+                {"column": "project", "ops": ["eq", "in"], "clause": "project"},
                 {"column": "key", "ops": ["eq", "in"], "clause": "key"},
-                {"column": "status", "ops": ["eq", "in", "ne", "not_in"], "clause": "status"},
-                {"column": "status_category", "ops": ["eq", "in", "ne", "not_in"], "clause": "statusCategory"},
-                {"column": "priority", "ops": ["eq", "in", "ne", "not_in"], "clause": "priority"},
-                {"column": "issue_type", "ops": ["eq", "in", "ne", "not_in"], "clause": "issuetype"},
+                // No `<>`/NOT IN: JQL matches these case-insensitively and by name, key or id,
+                // so `status != "done"` would drop the "Done" issues SQL's `<>` keeps (a
+                // re-check can remove rows, never bring them back).
+                {"column": "status", "ops": ["eq", "in"], "clause": "status"},
+                {"column": "status_category", "ops": ["eq", "in"], "clause": "statusCategory"},
+                {"column": "priority", "ops": ["eq", "in"], "clause": "priority"},
+                {"column": "issue_type", "ops": ["eq", "in"], "clause": "issuetype"},
                 {"column": "assignee", "ops": ["is_null", "is_not_null"], "clause": "assignee"},
                 {"column": "assignee_account_id", "ops": ["eq", "in", "is_null", "is_not_null"], "clause": "assignee"},
                 {"column": "labels", "ops": ["contains"], "clause": "labels"},
