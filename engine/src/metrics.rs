@@ -394,10 +394,12 @@ impl Metrics {
                 }
             }
         }
+        // Only statements that began and have not finished: a call landing after its statement
+        // ended (a fetch that outlived a cancelled query) does not bring it back.
         if r.query_id != 0
             && let Ok(mut running) = self.running.lock()
+            && let Some(q) = running.get_mut(&r.query_id)
         {
-            let q = running.entry(r.query_id).or_default();
             q.connectors.insert(r.connection.clone());
             if r.cache_hit {
                 q.cache_hits += 1;
@@ -409,6 +411,13 @@ impl Metrics {
                 q.pages += 1;
                 q.rows += r.rows.unwrap_or(0);
             }
+        }
+    }
+
+    /// A statement starts: its calls are counted from now until [`Metrics::finish_query`].
+    pub fn begin_query(&self, query_id: u64) {
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(query_id, QueryCalls::default());
             // Statements that never finish (a crashed client) must not grow this forever.
             while running.len() > QUERIES_KEPT * 10 {
                 running.pop_first();
@@ -554,6 +563,7 @@ mod tests {
     #[test]
     fn stats_percentiles_uptime_and_exposition() {
         let m = Metrics::default();
+        m.begin_query(7);
         for ms in 1..=100 {
             m.on_call(&call(Some(200), None, ms));
         }

@@ -1225,6 +1225,7 @@ impl StatementAudit {
             r.insert(query_id, (session.user.clone(), session.addr));
         }
         let failures_before = shared.audit().failures();
+        shared.metrics().begin_query(query_id);
         StatementAudit {
             shared,
             session,

@@ -229,6 +229,7 @@ pub async fn run_local(
         // A query id links the calls to the statement (progress, joinery.queries).
         let query_id = shared.next_query_id();
         session.set_query_id(query_id);
+        shared.metrics().begin_query(query_id);
         let started = std::time::Instant::now();
         let run = async {
             let df = session

@@ -395,6 +395,9 @@ pub struct HttpCall {
 }
 
 /// A current OAuth access token.
+/// One credential's access token, refreshed under its own lock.
+type OAuthSlot = Arc<tokio::sync::Mutex<Option<AccessToken>>>;
+
 #[derive(Debug, Clone)]
 struct AccessToken {
     token: Secret,
@@ -439,9 +442,10 @@ pub struct Fetcher {
     /// Set from the API's own rate-limit headers: wait until then before the next request.
     paused_until: Mutex<Option<Instant>>,
     breaker: Mutex<Breaker>,
-    /// OAuth access tokens by credential key (the connection's own is ""); the async mutex
-    /// makes concurrent requests share one refresh.
-    oauth: tokio::sync::Mutex<HashMap<String, AccessToken>>,
+    /// OAuth access tokens by credential key (the connection's own is ""). Each key has its own
+    /// async mutex: concurrent requests of one credential share one refresh, and one user's
+    /// slow token endpoint never holds up another's requests.
+    oauth: Mutex<HashMap<String, OAuthSlot>>,
     /// Rotated refresh tokens by credential key, when the provider issues new ones.
     refresh_token: Mutex<HashMap<String, Secret>>,
 }
@@ -600,7 +604,7 @@ impl Fetcher {
             limiter,
             paused_until: Mutex::new(None),
             breaker: Mutex::new(Breaker::default()),
-            oauth: tokio::sync::Mutex::new(HashMap::new()),
+            oauth: Mutex::new(HashMap::new()),
             refresh_token: Mutex::new(HashMap::new()),
         })
     }
@@ -810,6 +814,15 @@ impl Fetcher {
         result
     }
 
+    /// The token slot of one credential.
+    fn oauth_slot(&self, key: &str) -> Result<OAuthSlot> {
+        let mut all = self
+            .oauth
+            .lock()
+            .map_err(|_| JoineryError::internal("OAuth state lock poisoned"))?;
+        Ok(all.entry(key.to_string()).or_default().clone())
+    }
+
     /// A valid OAuth access token (refreshing it if needed), or `None` without OAuth.
     async fn oauth_token(&self, table: &str, opts: &CallOptions) -> Result<Option<AccessToken>> {
         let Auth::OAuth2 {
@@ -823,8 +836,9 @@ impl Fetcher {
             return Ok(None);
         };
         let key = opts.credential_key();
-        let mut state = self.oauth.lock().await;
-        if let Some(t) = state.get(&key)
+        let slot = self.oauth_slot(&key)?;
+        let mut state = slot.lock().await;
+        if let Some(t) = state.as_ref()
             && t.expires_at > Instant::now() + Duration::from_secs(30)
         {
             return Ok(Some(t.clone()));
@@ -954,7 +968,7 @@ impl Fetcher {
             expires_at: Instant::now() + Duration::from_secs(ttl),
             instance_url,
         };
-        state.insert(key, t.clone());
+        *state = Some(t.clone());
         Ok(Some(t))
     }
 
@@ -1207,7 +1221,9 @@ impl Fetcher {
                             }
                             // An expired token: refresh it and try again (once per call).
                             401 if bearer.is_some() && attempt == 1 => {
-                                self.oauth.lock().await.remove(&opts.credential_key());
+                                if let Ok(slot) = self.oauth_slot(&opts.credential_key()) {
+                                    *slot.lock().await = None;
+                                }
                                 Err((
                                     true,
                                     ErrorKind::Unauthenticated,
