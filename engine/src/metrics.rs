@@ -167,6 +167,34 @@ pub struct QueryRecord {
     pub status: String,
 }
 
+impl QueryRecord {
+    /// A statement that ran for `duration`; its calls are attached by [`Metrics::finish_query`].
+    pub fn finished(
+        query_id: u64,
+        user: &str,
+        statement: &str,
+        duration: Duration,
+        rows: Option<u64>,
+        status: &str,
+    ) -> QueryRecord {
+        QueryRecord {
+            query_id,
+            at: SystemTime::now()
+                .checked_sub(duration)
+                .unwrap_or(UNIX_EPOCH),
+            user: user.to_string(),
+            statement: crate::audit::mask_statement(statement),
+            duration,
+            connectors: BTreeSet::new(),
+            api_calls: 0,
+            cache_hits: 0,
+            bytes: 0,
+            rows,
+            status: status.to_string(),
+        }
+    }
+}
+
 /// Calls attributed to a statement that is still running.
 #[derive(Debug, Default, Clone)]
 pub struct QueryCalls {
@@ -598,19 +626,14 @@ mod tests {
 
         let progress = m.query_progress(7).expect("running");
         assert_eq!((progress.pages, progress.rows), (100, 1000));
-        m.finish_query(QueryRecord {
-            query_id: 7,
-            at: SystemTime::now(),
-            user: "u".into(),
-            statement: "SELECT 1".into(),
-            duration: Duration::from_millis(3),
-            connectors: BTreeSet::new(),
-            api_calls: 0,
-            cache_hits: 0,
-            bytes: 0,
-            rows: Some(1),
-            status: "ok".into(),
-        });
+        m.finish_query(QueryRecord::finished(
+            7,
+            "u",
+            "SELECT 1",
+            Duration::from_millis(3),
+            Some(1),
+            "ok",
+        ));
         let q = m.recent_queries().pop().expect("query");
         assert_eq!(q.api_calls, 103);
         assert_eq!(q.connectors.len(), 1);

@@ -1255,21 +1255,14 @@ impl StatementAudit {
         let elapsed = self.started.elapsed();
         self.shared
             .metrics()
-            .finish_query(joinery_engine::metrics::QueryRecord {
-                query_id: self.query_id,
-                at: std::time::SystemTime::now()
-                    .checked_sub(elapsed)
-                    .unwrap_or(std::time::UNIX_EPOCH),
-                user: self.session.user.clone(),
-                statement: joinery_engine::audit::mask_statement(&self.sql),
-                duration: elapsed,
-                connectors: Default::default(),
-                api_calls: 0,
-                cache_hits: 0,
-                bytes: 0,
-                rows: Some(rows),
-                status: status.to_string(),
-            });
+            .finish_query(joinery_engine::metrics::QueryRecord::finished(
+                self.query_id,
+                &self.session.user,
+                &self.sql,
+                elapsed,
+                Some(rows),
+                status,
+            ));
         tracing::info!(
             query_id = self.query_id,
             user = %self.session.user,

@@ -242,29 +242,24 @@ pub async fn run_local(
             Ok::<_, SqlError>((schema, batches))
         }
         .await;
+        let status = match &run {
+            Ok(_) => "ok",
+            Err(e) => e.state.0,
+        };
+        let rows = run
+            .as_ref()
+            .ok()
+            .map(|(_, b)| b.iter().map(|b| b.num_rows() as u64).sum());
         shared
             .metrics()
-            .finish_query(joinery_engine::metrics::QueryRecord {
+            .finish_query(joinery_engine::metrics::QueryRecord::finished(
                 query_id,
-                at: std::time::SystemTime::now()
-                    .checked_sub(started.elapsed())
-                    .unwrap_or(std::time::UNIX_EPOCH),
-                user: user.to_string(),
-                statement: joinery_engine::audit::mask_statement(&text),
-                duration: started.elapsed(),
-                connectors: Default::default(),
-                api_calls: 0,
-                cache_hits: 0,
-                bytes: 0,
-                rows: run
-                    .as_ref()
-                    .ok()
-                    .map(|(_, b)| b.iter().map(|b| b.num_rows() as u64).sum()),
-                status: match &run {
-                    Ok(_) => "ok".to_string(),
-                    Err(e) => e.state.0.to_string(),
-                },
-            });
+                user,
+                &text,
+                started.elapsed(),
+                rows,
+                status,
+            ));
         let (schema, batches) = run?;
         let opts = Arc::new(session.settings()?.format_options());
         let enc = ResultEncoder::with_names(&schema, names.as_deref(), &Format::UnifiedText, opts)

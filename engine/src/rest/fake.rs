@@ -497,28 +497,15 @@ async fn handle(
         Some(Fault::ExpireToken | Fault::RepeatCursor) => {
             (StatusCode::OK, headers, axum::Json(body)).into_response()
         }
-        Some(Fault::Reset) => {
-            let broken = futures::stream::iter([Err::<bytes::Bytes, std::io::Error>(
-                std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"),
-            )]);
-            (StatusCode::OK, axum::body::Body::from_stream(broken)).into_response()
-        }
+        Some(Fault::Reset) => (
+            StatusCode::OK,
+            super::fakekit::broken_body(bytes::Bytes::new()),
+        )
+            .into_response(),
         Some(Fault::CutMidBody) => {
-            let text = body.to_string().into_bytes();
-            let half = bytes::Bytes::from(text[..text.len() / 2].to_vec());
-            let broken = futures::stream::iter([
-                Ok::<bytes::Bytes, std::io::Error>(half),
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "injected cut",
-                )),
-            ]);
-            (
-                StatusCode::OK,
-                headers,
-                axum::body::Body::from_stream(broken),
-            )
-                .into_response()
+            let text = bytes::Bytes::from(body.to_string().into_bytes());
+            let half = text.slice(0..text.len() / 2);
+            (StatusCode::OK, headers, super::fakekit::broken_body(half)).into_response()
         }
         Some(Fault::Truncated) => {
             let text = body.to_string();

@@ -185,10 +185,7 @@ async fn knobs(State(state): State<Arc<Mutex<KitState>>>, req: Request, next: Ne
             resp
         }
         Some(FakeFault::Reset) => {
-            let broken = futures::stream::iter([Err::<bytes::Bytes, std::io::Error>(
-                std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"),
-            )]);
-            (StatusCode::OK, Body::from_stream(broken)).into_response()
+            (StatusCode::OK, broken_body(bytes::Bytes::new())).into_response()
         }
         Some(FakeFault::CutMidBody) => {
             let resp = next.run(req).await;
@@ -196,16 +193,8 @@ async fn knobs(State(state): State<Arc<Mutex<KitState>>>, req: Request, next: Ne
             let bytes = axum::body::to_bytes(body, usize::MAX)
                 .await
                 .unwrap_or_default();
-            let half = bytes.slice(0..bytes.len() / 2);
             parts.headers.remove("content-length");
-            let broken = futures::stream::iter([
-                Ok::<bytes::Bytes, std::io::Error>(half),
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "injected cut",
-                )),
-            ]);
-            Response::from_parts(parts, Body::from_stream(broken))
+            Response::from_parts(parts, broken_body(bytes.slice(0..bytes.len() / 2)))
         }
         Some(FakeFault::RepeatPage) => {
             let last = state.lock().ok().and_then(|s| s.last.get(&path).cloned());
@@ -251,6 +240,17 @@ async fn knobs(State(state): State<Arc<Mutex<KitState>>>, req: Request, next: Ne
             Response::from_parts(parts, Body::from(cut))
         }
     }
+}
+
+/// A body that sends `prefix` and then breaks the connection (a reset when `prefix` is empty).
+pub fn broken_body(prefix: bytes::Bytes) -> Body {
+    let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset");
+    let chunks = if prefix.is_empty() {
+        vec![Err(reset)]
+    } else {
+        vec![Ok(prefix), Err(reset)]
+    };
+    Body::from_stream(futures::stream::iter(chunks))
 }
 
 /// Keep a copy of a successful answer (for `RepeatPage`) and pass it on.
