@@ -851,6 +851,44 @@ roles = ["analysts"]
         .expect_err("admins only");
     assert_eq!(sqlstate(&err), "42501");
 
+    // PUBLIC reaches everyone, dave included.
+    alice
+        .simple_query("GRANT USAGE ON SCHEMA engineering TO PUBLIC")
+        .await
+        .expect("grant to public");
+    assert_eq!(
+        text_rows(&dave, schemata).await,
+        vec![vec![Some("engineering".to_string())]]
+    );
+    alice
+        .simple_query("REVOKE USAGE ON SCHEMA engineering FROM PUBLIC")
+        .await
+        .expect("revoke from public");
+    assert!(text_rows(&dave, schemata).await.is_empty());
+    // Health and statements: connector_stats shows only granted connections, joinery.queries
+    // is for admins.
+    assert_eq!(
+        text_rows(
+            &bob,
+            "SELECT connection FROM joinery.connector_stats ORDER BY 1"
+        )
+        .await,
+        vec![vec![Some("sales".to_string())]]
+    );
+    let err = bob
+        .simple_query("SELECT * FROM joinery.queries")
+        .await
+        .expect_err("admins only");
+    assert_eq!(sqlstate(&err), "42501");
+    assert!(
+        !text_rows(
+            &alice,
+            "SELECT user_name FROM joinery.queries WHERE user_name = 'bob'"
+        )
+        .await
+        .is_empty()
+    );
+
     // Saved (0600) and audited; a restarted server starts from them.
     #[cfg(unix)]
     {
