@@ -71,10 +71,78 @@ impl TestServer {
         client
     }
 
+    /// Log in as `user` with `password` (SCRAM when the server declares users).
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={user} password={password} dbname=joinery",
+                self.port()
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
         }
+    }
+}
+
+/// This process's resident memory, in KiB (0 where /proc is missing).
+pub fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// An encrypted secret store in a temporary directory: a fresh 0600 key file and the
+/// `entries` stored. Paths go into a config's `[secrets]` section.
+pub struct TempSecrets {
+    pub dir: tempfile::TempDir,
+    pub key_path: std::path::PathBuf,
+    pub store_path: std::path::PathBuf,
+    pub key: [u8; 32],
+}
+
+impl TempSecrets {
+    pub fn new(entries: &[(&str, &str)]) -> TempSecrets {
+        use joinery_server::secrets::{SecretStore, load_key, write_key_file};
+        let dir = tempfile::tempdir().expect("tmp");
+        let key_path = dir.path().join("k");
+        write_key_file(&key_path).expect("key file");
+        let key = load_key(Some(&key_path)).expect("key");
+        let store_path = dir.path().join("secrets.json");
+        let mut store = SecretStore::open(&store_path, key).expect("store");
+        for (name, value) in entries {
+            store.set(name, value, "setup", None).expect("set");
+        }
+        TempSecrets {
+            dir,
+            key_path,
+            store_path,
+            key,
+        }
+    }
+
+    /// The store as it is on disk now.
+    pub fn open(&self) -> joinery_server::secrets::SecretStore {
+        joinery_server::secrets::SecretStore::open(&self.store_path, self.key).expect("store")
     }
 }
 

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use joinery_benches::stream;
 use joinery_tests::workload::{BRIEF_QUESTION, DemoServer, QUERIES};
 use joinery_tests::{TestServer, pg_url, text_rows};
 use serde_json::{Value, json};
@@ -399,45 +399,6 @@ async fn dlt(a: &Args, out: &mut BTreeMap<&'static str, Value>) {
                "dlt_wall_seconds": dlt_wall, "dlt_api_calls": dlt_calls, "dlt_report": report,
                "answers_agree": same}),
     );
-}
-
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Stream every row of `sql`; (rows, seconds, peak RSS growth in MiB).
-async fn stream(client: &tokio_postgres::Client, sql: &str) -> (u64, f64, u64) {
-    let before = rss_kb();
-    let mut peak = before;
-    let started = Instant::now();
-    let rows = client
-        .query_raw(sql, std::iter::empty::<i32>())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    futures::pin_mut!(rows);
-    let mut n = 0u64;
-    while let Some(row) = rows.next().await {
-        if let Err(e) = row {
-            panic!("{sql}: {e}");
-        }
-        n += 1;
-        if n.is_multiple_of(50_000) {
-            peak = peak.max(rss_kb());
-        }
-    }
-    (
-        n,
-        started.elapsed().as_secs_f64(),
-        peak.saturating_sub(before) / 1024,
-    )
 }
 
 /// The same rows from a local file through Joinery and from PostgreSQL directly, and an

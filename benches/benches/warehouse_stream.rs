@@ -10,47 +10,8 @@
 
 use std::time::Instant;
 
-use futures::StreamExt;
+use joinery_benches::stream;
 use joinery_tests::{TestServer, pg_url};
-
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Stream every row of `sql`; returns (rows, seconds, peak RSS growth in MB).
-async fn stream(client: &tokio_postgres::Client, sql: &str) -> (u64, f64, u64) {
-    let before = rss_kb();
-    let mut peak = before;
-    let started = Instant::now();
-    let rows = match client.query_raw(sql, std::iter::empty::<i32>()).await {
-        Ok(r) => r,
-        Err(e) => panic!("{sql}: {e}"),
-    };
-    futures::pin_mut!(rows);
-    let mut n = 0u64;
-    while let Some(row) = rows.next().await {
-        if let Err(e) = row {
-            panic!("{sql}: {e}");
-        }
-        n += 1;
-        if n.is_multiple_of(50_000) {
-            peak = peak.max(rss_kb());
-        }
-    }
-    (
-        n,
-        started.elapsed().as_secs_f64(),
-        peak.saturating_sub(before) / 1024,
-    )
-}
 
 #[tokio::main]
 async fn main() {

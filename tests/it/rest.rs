@@ -582,20 +582,12 @@ columns = [ {{ name = "id", type = "bigint" }} ]
 
 #[tokio::test]
 async fn rotated_refresh_tokens_are_written_back_encrypted() {
-    use joinery_server::secrets::{SecretStore, load_key, write_key_file};
     let fake = FakeApi::start(Style::Link, records(5), 10, 10)
         .await
         .expect("fake");
     fake.require_oauth();
-    let dir = tempfile::tempdir().expect("tmp");
-    let key_path = dir.path().join("k");
-    write_key_file(&key_path).expect("key");
-    let key = load_key(Some(&key_path)).expect("key");
-    let store_path = dir.path().join("secrets.json");
-    SecretStore::open(&store_path, key)
-        .expect("store")
-        .set("crm_refresh", "refresh-0", "setup", None)
-        .expect("set");
+    let secrets = joinery_tests::TempSecrets::new(&[("crm_refresh", "refresh-0")]);
+    let (store_path, key_path) = (&secrets.store_path, &secrets.key_path);
     let cfg = format!(
         r#"
 [secrets]
@@ -628,9 +620,8 @@ columns = [ {{ name = "id", type = "bigint" }} ]
         Some("5")
     );
     let stored = |n: &str| {
-        let st = SecretStore::open(&store_path, key).expect("store");
-        assert_eq!(st.get("crm_refresh").as_deref(), Ok(n));
-        let raw = std::fs::read_to_string(&store_path).expect("file");
+        assert_eq!(secrets.open().get("crm_refresh").as_deref(), Ok(n));
+        let raw = std::fs::read_to_string(store_path).expect("file");
         assert!(!raw.contains(n), "encrypted at rest");
     };
     // The OAuth server rotated refresh-0 into refresh-1: the store now holds refresh-1.
@@ -885,23 +876,15 @@ columns = [ {{ name = "id", type = "bigint" }} ]
 #[tokio::test]
 async fn users_own_oauth_refresh_tokens_get_their_own_access_tokens() {
     use joinery_server::auth::make_verifier;
-    use joinery_server::secrets::{SecretStore, load_key, write_key_file};
     let fake = FakeApi::start(Style::Link, records(5), 10, 10)
         .await
         .expect("fake");
     fake.require_oauth();
-    let dir = tempfile::tempdir().expect("tmp");
-    let key_path = dir.path().join("k");
-    write_key_file(&key_path).expect("key");
-    let key = load_key(Some(&key_path)).expect("key");
-    let store_path = dir.path().join("secrets.json");
-    {
-        let mut st = SecretStore::open(&store_path, key).expect("store");
-        st.set("bob_crm", "refresh-bob", "setup", None)
-            .expect("set");
-        st.set("carol_crm", "revoked-carol", "setup", None)
-            .expect("set");
-    }
+    let secrets = joinery_tests::TempSecrets::new(&[
+        ("bob_crm", "refresh-bob"),
+        ("carol_crm", "revoked-carol"),
+    ]);
+    let (store_path, key_path) = (&secrets.store_path, &secrets.key_path);
     let cfg = format!(
         r#"
 [server]
@@ -942,19 +925,7 @@ credentials = {{ crm = "${{secret:carol_crm}}" }}
         pw = make_verifier("pw"),
     );
     let s = TestServer::with_config(&cfg).await;
-    let login = |user: &'static str| {
-        let port = s.port();
-        async move {
-            let (c, conn) = tokio_postgres::connect(
-                &format!("host=127.0.0.1 port={port} user={user} password=pw dbname=joinery"),
-                tokio_postgres::NoTls,
-            )
-            .await
-            .expect("login");
-            tokio::spawn(conn);
-            c
-        }
-    };
+    let login = |user: &'static str| async { s.login(user, "pw").await.expect("login") };
     let (alice, bob, carol) = (
         login("alice").await,
         login("bob").await,
@@ -971,14 +942,14 @@ credentials = {{ crm = "${{secret:carol_crm}}" }}
     assert_eq!(fake.refresh_tokens_seen(), vec!["refresh-bob".to_string()]);
     assert!(fake.request_count() > 0, "bob's read reached the API");
     // The OAuth server rotated it: the store holds the new one, encrypted; alice's is untouched.
-    let st = SecretStore::open(&store_path, key).expect("store");
+    let st = secrets.open();
     let rotated = st.get("bob_crm").expect("bob's secret");
     assert!(
         rotated.starts_with("refresh-") && rotated != "refresh-bob",
         "{rotated}"
     );
     assert!(
-        !std::fs::read_to_string(&store_path)
+        !std::fs::read_to_string(store_path)
             .expect("file")
             .contains(&rotated)
     );

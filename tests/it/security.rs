@@ -35,31 +35,13 @@ grants = ["engineering"]
     )
 }
 
-async fn login(
-    server: &TestServer,
-    user: &str,
-    password: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user={user} password={password} dbname=joinery",
-            server.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
 #[tokio::test]
 async fn scram_logins_and_grants() {
     let server = TestServer::with_config(&config("")).await;
 
     // Right password: in. Wrong password, unknown user, no password: 28P01, same message shape.
-    let alice = login(&server, "alice", ALICE_PW)
+    let alice = server
+        .login("alice", ALICE_PW)
         .await
         .expect("alice logs in");
     assert_eq!(
@@ -67,12 +49,12 @@ async fn scram_logins_and_grants() {
         Some("alice")
     );
     for (user, pw) in [("alice", "wrong"), ("mallory", "whatever"), ("bob", "")] {
-        let err = login(&server, user, pw).await.expect_err("refused");
+        let err = server.login(user, pw).await.expect_err("refused");
         assert_eq!(sqlstate(&err), "28P01", "{user}: {err:?}");
     }
 
     // Bob sees only engineering: not in information_schema, pg_catalog or \dt's query.
-    let bob = login(&server, "bob", BOB_PW).await.expect("bob logs in");
+    let bob = server.login("bob", BOB_PW).await.expect("bob logs in");
     let schemas = text_rows(
         &bob,
         "SELECT schema_name FROM information_schema.schemata ORDER BY 1",
@@ -165,18 +147,19 @@ async fn scram_logins_and_grants() {
 async fn repeated_failures_lock_the_user_out_for_a_while() {
     let server = TestServer::with_config(&config("")).await;
     for _ in 0..joinery_server::auth::MAX_FAILURES {
-        let err = login(&server, "bob", "guess").await.expect_err("wrong");
+        let err = server.login("bob", "guess").await.expect_err("wrong");
         assert_eq!(sqlstate(&err), "28P01");
     }
     // Now even the right password is refused (from this address, for this user) ...
-    let err = login(&server, "bob", BOB_PW).await.expect_err("locked");
+    let err = server.login("bob", BOB_PW).await.expect_err("locked");
     let msg = err
         .as_db_error()
         .map(|e| e.message().to_string())
         .unwrap_or_default();
     assert!(msg.contains("too many failed logins"), "{msg}");
     // ... while other users are not affected.
-    login(&server, "alice", ALICE_PW)
+    server
+        .login("alice", ALICE_PW)
         .await
         .expect("alice unaffected");
 }
@@ -238,7 +221,8 @@ async fn tls_required_and_verify_full_from_psql() {
     )))
     .await;
     // Plaintext is refused with a clear message.
-    let err = login(&server, "alice", ALICE_PW)
+    let err = server
+        .login("alice", ALICE_PW)
         .await
         .expect_err("plaintext");
     assert_eq!(sqlstate(&err), "28000", "{err:?}");
@@ -334,7 +318,7 @@ grants = ["github"]
         b = make_verifier(BOB_PW),
     );
     let server = TestServer::with_config(&cfg).await;
-    let bob = login(&server, "bob", BOB_PW).await.expect("bob");
+    let bob = server.login("bob", BOB_PW).await.expect("bob");
     gh.clear_requests();
     let n = text_rows(
         &bob,
@@ -363,10 +347,11 @@ grants = ["github"]
     );
     assert!(!plan.contains(TOKEN), "{plan}");
 
-    login(&server, "bob", "not-his-password")
+    server
+        .login("bob", "not-his-password")
         .await
         .expect_err("wrong password");
-    let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
+    let alice = server.login("alice", ALICE_PW).await.expect("alice");
     let logins = text_rows(
         &alice,
         "SELECT user_name, status FROM joinery.audit_log WHERE kind = 'login' ORDER BY at",
@@ -484,12 +469,12 @@ credentials = {{ github = "{TOKEN}" }}
     let server = TestServer::with_config(&cfg).await;
     let q = "SELECT count(*) FROM github.pull_requests";
     // Alice uses the connection's token and fills the cache.
-    let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
+    let alice = server.login("alice", ALICE_PW).await.expect("alice");
     let n = text_rows(&alice, q).await;
     let after_alice = gh.request_count();
     assert!(after_alice > 0);
     // Bob's own token reaches the API (and is refused there): Alice's cached pages are not his.
-    let bob = login(&server, "bob", BOB_PW).await.expect("bob");
+    let bob = server.login("bob", BOB_PW).await.expect("bob");
     let msg = joinery_tests::assert_upstream_auth_error(
         &bob,
         q,
@@ -500,7 +485,7 @@ credentials = {{ github = "{TOKEN}" }}
     assert!(!msg.contains(TOKEN), "{msg}");
     // Carol's token is valid: same rows, fetched under her own cache entries.
     let before_carol = gh.request_count();
-    let carol = login(&server, "carol", ALICE_PW).await.expect("carol");
+    let carol = server.login("carol", ALICE_PW).await.expect("carol");
     assert_eq!(text_rows(&carol, q).await, n);
     assert!(
         gh.request_count() > before_carol,
@@ -537,8 +522,8 @@ filter = "region = 'EMEA' OR name = current_user"
         b = make_verifier(BOB_PW),
     );
     let server = TestServer::with_config(&cfg).await;
-    let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
-    let bob = login(&server, "bob", BOB_PW).await.expect("bob");
+    let alice = server.login("alice", ALICE_PW).await.expect("alice");
+    let bob = server.login("bob", BOB_PW).await.expect("bob");
     let emea = "(region = 'EMEA' OR name = 'bob')";
     for (bobs, alices) in [
         (
@@ -615,7 +600,7 @@ async fn only_admins_rotate_secrets_and_refresh_connections() {
         ),
     );
     let server = TestServer::with_config(&cfg).await;
-    let bob = login(&server, "bob", BOB_PW).await.expect("bob");
+    let bob = server.login("bob", BOB_PW).await.expect("bob");
     for sql in [
         "SELECT joinery.rotate_secret('sales_token', 'bobs-value-2')",
         "SELECT joinery.refresh('engineering')",
@@ -623,7 +608,7 @@ async fn only_admins_rotate_secrets_and_refresh_connections() {
         let err = bob.simple_query(sql).await.expect_err("admins only");
         assert_eq!(sqlstate(&err), "42501", "{sql}");
     }
-    let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
+    let alice = server.login("alice", ALICE_PW).await.expect("alice");
     let rows = text_rows(
         &alice,
         "SELECT joinery.rotate_secret('sales_token', 'new-value-3')",
@@ -726,9 +711,9 @@ roles = ["analysts"]
         c = make_verifier("carol-pw"),
     );
     let server = TestServer::with_config(&cfg).await;
-    let alice = login(&server, "alice", ALICE_PW).await.expect("alice");
-    let bob = login(&server, "bob", BOB_PW).await.expect("bob");
-    let carol = login(&server, "carol", "carol-pw").await.expect("carol");
+    let alice = server.login("alice", ALICE_PW).await.expect("alice");
+    let bob = server.login("bob", BOB_PW).await.expect("bob");
+    let carol = server.login("carol", "carol-pw").await.expect("carol");
     let schemata = "SELECT schema_name FROM information_schema.schemata \
                     WHERE schema_name IN ('sales', 'engineering') ORDER BY 1";
     let all = text_rows(&alice, "SELECT count(*) FROM sales.customers").await;
@@ -740,7 +725,7 @@ roles = ["analysts"]
     assert_ne!(all, emea);
 
     // A role without grants gives nothing (until an admin grants it something).
-    let dave = login(&server, "dave", "carol-pw").await.expect("dave");
+    let dave = server.login("dave", "carol-pw").await.expect("dave");
     assert!(text_rows(&dave, schemata).await.is_empty());
 
     // Carol holds sales through her role, with the role's row filter; engineering is not hers.
@@ -907,7 +892,7 @@ roles = ["analysts"]
     );
     drop(server);
     let again = TestServer::with_config(&cfg).await;
-    let bob = login(&again, "bob", BOB_PW).await.expect("bob again");
+    let bob = again.login("bob", BOB_PW).await.expect("bob again");
     assert_eq!(
         text_rows(&bob, schemata).await,
         vec![vec![Some("sales".to_string())]]

@@ -528,7 +528,7 @@ async fn postgres_streams_with_bounded_memory() {
     let server =
         TestServer::with_config(&format!("{}\n{}", server_section(), pg.connection("wh"))).await;
     let client = server.client().await;
-    let before = rss_kb();
+    let before = joinery_tests::rss_kb();
     let mut peak = before;
     let stream = client
         .query_raw("SELECT id, payload FROM wh.wide", std::iter::empty::<i32>())
@@ -544,7 +544,7 @@ async fn postgres_streams_with_bounded_memory() {
         bytes += p.len() as u64;
         n += 1;
         if n.is_multiple_of(20_000) {
-            peak = peak.max(rss_kb());
+            peak = peak.max(joinery_tests::rss_kb());
         }
     }
     assert_eq!(n, 300_000);
@@ -558,18 +558,6 @@ async fn postgres_streams_with_bounded_memory() {
     assert!(grown_mb < 150, "RSS grew {grown_mb} MB while streaming");
     server.shutdown().await;
     pg.drop().await;
-}
-
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
