@@ -662,3 +662,57 @@ impl TableProvider for SystemTable {
         )?)
     }
 }
+
+/// Rows computed at each scan.
+pub type SnapshotRows = dyn Fn() -> DfResult<RecordBatch> + Send + Sync;
+
+/// A system table a front end adds (`Catalog::add_system_table`): its rows are computed afresh
+/// at each scan (the grants in force, the secret store's metadata).
+pub struct SnapshotTable {
+    schema: SchemaRef,
+    rows: Box<SnapshotRows>,
+}
+
+impl SnapshotTable {
+    pub fn new(
+        schema: SchemaRef,
+        rows: impl Fn() -> DfResult<RecordBatch> + Send + Sync + 'static,
+    ) -> Self {
+        SnapshotTable {
+            schema,
+            rows: Box::new(rows),
+        }
+    }
+}
+
+impl fmt::Debug for SnapshotTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SnapshotTable")
+    }
+}
+
+#[async_trait]
+impl TableProvider for SnapshotTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let batch = (self.rows)()?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}

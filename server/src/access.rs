@@ -286,62 +286,29 @@ impl AccessControl {
 
 /// `joinery.grants` (admins only): who may use which connection, and whether they hold it
 /// themselves, through a role, or as PUBLIC.
-#[derive(Debug)]
-pub struct GrantsTable {
-    pub access: Arc<AccessControl>,
-}
-
-impl GrantsTable {
-    fn schema() -> arrow::datatypes::SchemaRef {
-        use arrow::datatypes::{DataType, Field, Schema};
-        Arc::new(Schema::new(vec![
-            Field::new("grantee", DataType::Utf8, false),
-            Field::new("connection", DataType::Utf8, false),
-            Field::new("grantee_kind", DataType::Utf8, false),
-        ]))
-    }
-}
-
-#[async_trait::async_trait]
-impl datafusion::catalog::TableProvider for GrantsTable {
-    fn schema(&self) -> arrow::datatypes::SchemaRef {
-        Self::schema()
-    }
-
-    fn table_type(&self) -> datafusion::datasource::TableType {
-        datafusion::datasource::TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn datafusion::catalog::Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[datafusion::logical_expr::Expr],
-        _limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        let rows = self.access.listing();
-        let batch = arrow::record_batch::RecordBatch::try_new(
-            Self::schema(),
+pub fn grants_table(access: Arc<AccessControl>) -> joinery_engine::system::SnapshotTable {
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("grantee", DataType::Utf8, false),
+        Field::new("connection", DataType::Utf8, false),
+        Field::new("grantee_kind", DataType::Utf8, false),
+    ]));
+    joinery_engine::system::SnapshotTable::new(schema.clone(), move || {
+        let rows = access.listing();
+        Ok(arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
             vec![
-                Arc::new(arrow::array::StringArray::from_iter_values(
+                Arc::new(StringArray::from_iter_values(
                     rows.iter().map(|r| r.0.as_str()),
                 )),
-                Arc::new(arrow::array::StringArray::from_iter_values(
+                Arc::new(StringArray::from_iter_values(
                     rows.iter().map(|r| r.1.as_str()),
                 )),
-                Arc::new(arrow::array::StringArray::from_iter_values(
-                    rows.iter().map(|r| r.2),
-                )),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
             ],
-        )?;
-        Ok(
-            datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-                &[vec![batch]],
-                Self::schema(),
-                projection.cloned(),
-            )?,
-        )
-    }
+        )?)
+    })
 }
 
 /// Write `value` as JSON to `path` through a temporary file and a rename, mode 0600.

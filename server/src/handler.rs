@@ -792,25 +792,8 @@ pub async fn plan_statement(
     // (joins, subqueries, EXPLAIN, prepared statements), before anything is planned.
     if let Ok(refs) = state.resolve_table_references(&stmt) {
         for r in refs {
-            if let Some(schema) = r.schema()
-                && session.catalog.is_hidden(schema)
-            {
-                return Err(SqlError::new(
-                    SqlState::INSUFFICIENT_PRIVILEGE,
-                    format!("permission denied for schema {schema}"),
-                ));
-            }
-            if r.schema() == Some(joinery_engine::SYSTEM_SCHEMA)
-                && joinery_engine::grants::ADMIN_TABLES.contains(&r.table())
-                && !session.catalog.is_admin()
-            {
-                return Err(SqlError::new(
-                    SqlState::INSUFFICIENT_PRIVILEGE,
-                    format!(
-                        "permission denied for table {}: only admins read it",
-                        r.table()
-                    ),
-                ));
+            if let Some(denied) = access_denied(session, r.schema(), r.table()) {
+                return Err(denied);
             }
         }
     }
@@ -847,33 +830,36 @@ pub async fn plan_statement(
 fn check_plan_access(session: &Session, plan: &LogicalPlan) -> Result<(), SqlError> {
     let mut denied: Option<SqlError> = None;
     let _ = plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && let Some(schema) = scan.table_name.schema()
-        {
-            if session.catalog.is_hidden(schema) {
-                denied = Some(SqlError::new(
-                    SqlState::INSUFFICIENT_PRIVILEGE,
-                    format!("permission denied for schema {schema}"),
-                ));
-                return Ok(TreeNodeRecursion::Stop);
-            }
-            if schema == joinery_engine::SYSTEM_SCHEMA
-                && joinery_engine::grants::ADMIN_TABLES.contains(&scan.table_name.table())
-                && !session.catalog.is_admin()
-            {
-                denied = Some(SqlError::new(
-                    SqlState::INSUFFICIENT_PRIVILEGE,
-                    format!(
-                        "permission denied for table {}: only admins read it",
-                        scan.table_name.table()
-                    ),
-                ));
+        if let LogicalPlan::TableScan(scan) = node {
+            denied = access_denied(session, scan.table_name.schema(), scan.table_name.table());
+            if denied.is_some() {
                 return Ok(TreeNodeRecursion::Stop);
             }
         }
         Ok(TreeNodeRecursion::Continue)
     });
     denied.map_or(Ok(()), Err)
+}
+
+/// Why this session may not read `schema.table`: a connection it was not granted, or an
+/// admin-only system table (`None`: it may).
+fn access_denied(session: &Session, schema: Option<&str>, table: &str) -> Option<SqlError> {
+    let schema = schema?;
+    if session.catalog.is_hidden(schema) {
+        return Some(SqlError::new(
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for schema {schema}"),
+        ));
+    }
+    (schema == joinery_engine::SYSTEM_SCHEMA
+        && joinery_engine::grants::ADMIN_TABLES.contains(&table)
+        && !session.catalog.is_admin())
+    .then(|| {
+        SqlError::new(
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for table {table}: only admins read it"),
+        )
+    })
 }
 
 /// Fill in parameter types DataFusion left open, the way Postgres would resolve them:

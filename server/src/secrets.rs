@@ -342,6 +342,67 @@ impl SecretStore {
     }
 }
 
+/// `joinery.secrets` (admins only): each stored secret's metadata, never its value, with a
+/// rotation warning. The store is read at each scan.
+pub fn secrets_table(
+    config: crate::config::SecretsConfig,
+) -> joinery_engine::system::SnapshotTable {
+    use arrow::array::{BooleanBuilder, Int64Builder, StringBuilder};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("created_by", DataType::Utf8, false),
+        Field::new("created_at", DataType::Utf8, false),
+        Field::new("rotated_at", DataType::Utf8, false),
+        Field::new("last_used_at", DataType::Utf8, true),
+        Field::new("age_days", DataType::Int64, false),
+        Field::new("rotation_days", DataType::Int64, false),
+        Field::new("overdue", DataType::Boolean, false),
+    ]));
+    joinery_engine::system::SnapshotTable::new(schema.clone(), move || {
+        let store = config
+            .open()
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let now = Utc::now();
+        let (mut n, mut by, mut ca, mut ra, mut lu) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let (mut age, mut rot, mut over) = (
+            Int64Builder::new(),
+            Int64Builder::new(),
+            BooleanBuilder::new(),
+        );
+        for (name, e) in store.entries() {
+            n.append_value(name);
+            by.append_value(&e.created_by);
+            ca.append_value(e.created_at.to_rfc3339());
+            ra.append_value(e.rotated_at.to_rfc3339());
+            lu.append_option(e.last_used_at.map(|t| t.to_rfc3339()));
+            age.append_value(e.age_days(now));
+            rot.append_value(i64::from(e.rotation_days));
+            over.append_value(e.overdue(now));
+        }
+        Ok(arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(n.finish()),
+                Arc::new(by.finish()),
+                Arc::new(ca.finish()),
+                Arc::new(ra.finish()),
+                Arc::new(lu.finish()),
+                Arc::new(age.finish()),
+                Arc::new(rot.finish()),
+                Arc::new(over.finish()),
+            ],
+        )?)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,98 +483,5 @@ mod tests {
                 assert!(err.contains("chmod 600"), "{err}");
             }
         }
-    }
-}
-
-/// `joinery.secrets` (admins only): each stored secret's metadata, never its value, with a
-/// rotation warning.
-#[derive(Debug)]
-pub struct SecretsTable {
-    pub config: crate::config::SecretsConfig,
-}
-
-impl SecretsTable {
-    fn schema() -> arrow::datatypes::SchemaRef {
-        use arrow::datatypes::{DataType, Field, Schema};
-        std::sync::Arc::new(Schema::new(vec![
-            Field::new("name", DataType::Utf8, false),
-            Field::new("created_by", DataType::Utf8, false),
-            Field::new("created_at", DataType::Utf8, false),
-            Field::new("rotated_at", DataType::Utf8, false),
-            Field::new("last_used_at", DataType::Utf8, true),
-            Field::new("age_days", DataType::Int64, false),
-            Field::new("rotation_days", DataType::Int64, false),
-            Field::new("overdue", DataType::Boolean, false),
-        ]))
-    }
-}
-
-#[async_trait::async_trait]
-impl datafusion::catalog::TableProvider for SecretsTable {
-    fn schema(&self) -> arrow::datatypes::SchemaRef {
-        Self::schema()
-    }
-
-    fn table_type(&self) -> datafusion::datasource::TableType {
-        datafusion::datasource::TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn datafusion::catalog::Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[datafusion::logical_expr::Expr],
-        _limit: Option<usize>,
-    ) -> datafusion::error::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>
-    {
-        use arrow::array::{BooleanBuilder, Int64Builder, StringBuilder};
-        use std::sync::Arc;
-        let store = self
-            .config
-            .open()
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        let now = Utc::now();
-        let (mut n, mut by, mut ca, mut ra, mut lu) = (
-            StringBuilder::new(),
-            StringBuilder::new(),
-            StringBuilder::new(),
-            StringBuilder::new(),
-            StringBuilder::new(),
-        );
-        let (mut age, mut rot, mut over) = (
-            Int64Builder::new(),
-            Int64Builder::new(),
-            BooleanBuilder::new(),
-        );
-        for (name, e) in store.entries() {
-            n.append_value(name);
-            by.append_value(&e.created_by);
-            ca.append_value(e.created_at.to_rfc3339());
-            ra.append_value(e.rotated_at.to_rfc3339());
-            lu.append_option(e.last_used_at.map(|t| t.to_rfc3339()));
-            age.append_value(e.age_days(now));
-            rot.append_value(i64::from(e.rotation_days));
-            over.append_value(e.overdue(now));
-        }
-        let batch = arrow::record_batch::RecordBatch::try_new(
-            Self::schema(),
-            vec![
-                Arc::new(n.finish()),
-                Arc::new(by.finish()),
-                Arc::new(ca.finish()),
-                Arc::new(ra.finish()),
-                Arc::new(lu.finish()),
-                Arc::new(age.finish()),
-                Arc::new(rot.finish()),
-                Arc::new(over.finish()),
-            ],
-        )?;
-        Ok(
-            datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-                &[vec![batch]],
-                Self::schema(),
-                projection.cloned(),
-            )?,
-        )
     }
 }

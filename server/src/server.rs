@@ -57,15 +57,13 @@ pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
     if !config.server.access.open_to_all() {
         catalog.add_system_table(
             "grants",
-            Arc::new(crate::access::GrantsTable {
-                access: config.server.access.clone(),
-            }),
+            Arc::new(crate::access::grants_table(config.server.access.clone())),
         );
     }
     if let Some(sc) = &config.secrets {
         catalog.add_system_table(
             "secrets",
-            Arc::new(crate::secrets::SecretsTable { config: sc.clone() }),
+            Arc::new(crate::secrets::secrets_table(sc.clone())),
         );
     }
     if let Some(a) = &config.audit {

@@ -476,6 +476,26 @@ fn value_text(v: Option<&Value>) -> Option<String> {
 }
 
 impl Walker {
+    /// An answer that arrived but cannot be used (ok=false, no records where the spec says,
+    /// undecodable values, a cursor that repeats): the connection's error, counted in its
+    /// health like a failed call (the call itself was counted as a success).
+    fn answer_error(&self, e: JoineryError) -> JoineryError {
+        let kind = match e.kind {
+            ErrorKind::Unauthenticated | ErrorKind::PermissionDenied => "auth",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::InvalidInput | ErrorKind::NotFound => "client",
+            _ => "bad_response",
+        };
+        self.fetcher.log().metrics().note_error(
+            &self.fetcher.config.connection,
+            &self.table,
+            kind,
+            &e.message,
+        );
+        e.with_connection(self.fetcher.config.connection.clone())
+            .with_table(self.table.clone())
+    }
+
     /// The first request again with `value` in the body at `pointer`.
     fn with_body(&self, pointer: &str, value: Value) -> Result<HttpCall> {
         let mut body = self
@@ -604,27 +624,19 @@ impl Walker {
         };
         if let Some(call) = &next {
             if !self.seen.insert(call_key(call)) {
-                let msg = format!(
-                    "the API returned the same next page twice ({}); stopping instead of looping",
-                    self.fetcher.redact(&call.url)
-                );
-                self.fetcher.log().metrics().note_error(
-                    &self.fetcher.config.connection,
-                    &self.table,
-                    "bad_response",
-                    &msg,
-                );
-                return Err(JoineryError::new(ErrorKind::BadResponse, msg)
-                    .with_connection(self.fetcher.config.connection.clone())
-                    .with_table(self.table.clone()));
+                return Err(JoineryError::new(
+                    ErrorKind::BadResponse,
+                    format!(
+                        "the API returned the same next page twice ({}); stopping instead of looping",
+                        self.fetcher.redact(&call.url)
+                    ),
+                ));
             }
             if self.pages >= MAX_PAGES {
                 return Err(JoineryError::new(
                     ErrorKind::BadResponse,
                     format!("more than {MAX_PAGES} pages"),
-                )
-                .with_connection(self.fetcher.config.connection.clone())
-                .with_table(self.table.clone()));
+                ));
             }
         }
         Ok(next)
@@ -775,20 +787,16 @@ fn page_batches(
                     | "invalid_arguments" => ErrorKind::InvalidInput,
                     _ => ErrorKind::BadResponse,
                 };
-                let e = JoineryError::new(kind, format!("the API answered ok=false: {code}"))
-                    .with_connection(w.fetcher.config.connection.clone())
-                    .with_table(w.table.clone());
+                let e = w.answer_error(JoineryError::new(
+                    kind,
+                    format!("the API answered ok=false: {code}"),
+                ));
                 w.next = None;
                 return Some((Err(e), (w, None)));
             }
             let recs = match records(&page.body, &w.spec.records) {
                 Ok(r) => r,
-                Err(e) => {
-                    let e = e
-                        .with_connection(w.fetcher.config.connection.clone())
-                        .with_table(w.table.clone());
-                    return Some((Err(e), (w, None)));
-                }
+                Err(e) => return Some((Err(w.answer_error(e)), (w, None))),
             };
             let cols: Vec<&ColumnSpec> = columns.iter().collect();
             // Records the table leaves out (GitHub's issues list also returns pull requests).
@@ -806,13 +814,10 @@ fn page_batches(
             };
             let batch = decode(&cols, schema, recs_for_rows)
                 .and_then(|b| fill_request_columns(b, &cols, &w.template.vars))
-                .map_err(|e| {
-                    e.with_connection(w.fetcher.config.connection.clone())
-                        .with_table(w.table.clone())
-                });
+                .map_err(|e| w.answer_error(e));
             let next = match w.next_call(&page, recs) {
                 Ok(n) => n,
-                Err(e) => return Some((Err(e), (w, None))),
+                Err(e) => return Some((Err(w.answer_error(e)), (w, None))),
             };
             w.next = next;
             Some((batch, (w, None)))
