@@ -4,6 +4,7 @@
 //! touching the shared state.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 
 use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider};
@@ -44,6 +45,8 @@ pub struct Catalog {
     audit: RwLock<Arc<crate::audit::AuditLog>>,
     /// System tables the front end adds (`joinery.secrets`).
     extra_system: RwLock<BTreeMap<String, Arc<dyn datafusion::catalog::TableProvider>>>,
+    /// Moves whenever a connection is added or refreshed (plans made before are stale).
+    version: AtomicU64,
 }
 
 fn poisoned<T>(_: T) -> JoineryError {
@@ -71,8 +74,14 @@ impl Catalog {
                 extra_system: RwLock::new(BTreeMap::new()),
                 schemas: RwLock::new(schemas),
                 connections: RwLock::new(BTreeMap::new()),
+                version: AtomicU64::new(1),
             }
         })
+    }
+
+    /// Changes whenever a connection's tables may have changed.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
     }
 
     /// The audit log (memory-only until [`Catalog::set_audit`]).
@@ -147,6 +156,7 @@ impl Catalog {
                 connector,
             },
         );
+        self.version.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -196,14 +206,28 @@ impl Catalog {
         source: Option<(Arc<dyn crate::grants::AccessSource>, String)>,
     ) -> Arc<SessionCatalog> {
         let version = source.as_ref().map(|(s, _)| s.version()).unwrap_or(0);
+        LIVE_SESSION_CATALOGS.fetch_add(1, Ordering::Relaxed);
         Arc::new(SessionCatalog {
             shared: self.clone(),
             local: RwLock::new(BTreeMap::new()),
             view: RwLock::new(AccessView::new(access, version)),
             source,
+            search_path: RwLock::new((vec![DEFAULT_SCHEMA.to_string()], 0)),
         })
     }
 }
+
+/// Session catalogs alive in this process (a closed session must not leave one behind).
+static LIVE_SESSION_CATALOGS: AtomicU64 = AtomicU64::new(0);
+
+/// How many [`SessionCatalog`]s exist right now: one per open session (tests check that
+/// closed sessions release theirs).
+pub fn live_session_catalogs() -> u64 {
+    LIVE_SESSION_CATALOGS.load(Ordering::Relaxed)
+}
+
+/// Row filters of one session, by schema and table: SQL predicates, ANDed.
+type FilterMap = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 
 /// A session's access as of one version of its source.
 #[derive(Debug, Clone)]
@@ -211,19 +235,38 @@ struct AccessView {
     granted: Option<Arc<std::collections::BTreeSet<String>>>,
     /// Platform admin: may read `joinery.audit_log`.
     admin: bool,
-    row_filters: Arc<Vec<(String, String, String)>>,
+    row_filters: Arc<FilterMap>,
     version: u64,
 }
 
 impl AccessView {
     fn new(a: crate::grants::Access, version: u64) -> Self {
+        let mut row_filters = FilterMap::new();
+        for (schema, table, sql) in a.row_filters {
+            row_filters
+                .entry(schema)
+                .or_default()
+                .entry(table)
+                .or_default()
+                .push(sql);
+        }
         AccessView {
             granted: a.granted.map(Arc::new),
             admin: a.admin,
-            row_filters: Arc::new(a.row_filters),
+            row_filters: Arc::new(row_filters),
             version,
         }
     }
+}
+
+/// What makes a planned statement stale: access (GRANT, REVOKE, policies), the connections'
+/// tables (refresh) and the session's `search_path`. A prepared statement planned under one
+/// epoch is planned again when it runs under another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PlanEpoch {
+    pub access: u64,
+    pub catalog: u64,
+    pub search_path: u64,
 }
 
 /// What one session sees: the shared catalog plus schemas registered by this session only.
@@ -233,6 +276,14 @@ pub struct SessionCatalog {
     local: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
     view: RwLock<AccessView>,
     source: Option<(Arc<dyn crate::grants::AccessSource>, String)>,
+    /// The schemas bare names resolve in, in order, and a counter of changes.
+    search_path: RwLock<(Vec<String>, u64)>,
+}
+
+impl Drop for SessionCatalog {
+    fn drop(&mut self) {
+        LIVE_SESSION_CATALOGS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl SessionCatalog {
@@ -259,7 +310,7 @@ impl SessionCatalog {
             Err(_) => AccessView {
                 granted: Some(Arc::new(Default::default())),
                 admin: false,
-                row_filters: Arc::new(Vec::new()),
+                row_filters: Arc::new(FilterMap::new()),
                 version: 0,
             },
         }
@@ -269,9 +320,26 @@ impl SessionCatalog {
         self.access().admin
     }
 
-    /// Row filters on this session's reads: (schema, table, SQL predicate).
-    pub fn row_filters(&self) -> Arc<Vec<(String, String, String)>> {
-        self.access().row_filters
+    /// Whether any row filter applies to this session's reads.
+    pub fn has_row_filters(&self) -> bool {
+        !self.access().row_filters.is_empty()
+    }
+
+    /// Whether this session reads `schema.table` through a row filter.
+    pub fn is_row_filtered(&self, schema: &str, table: &str) -> bool {
+        self.access()
+            .row_filters
+            .get(schema)
+            .is_some_and(|t| t.contains_key(table))
+    }
+
+    /// The (schema, table) pairs this session reads through row filters.
+    pub fn row_filtered_tables(&self) -> Vec<(String, String)> {
+        self.access()
+            .row_filters
+            .iter()
+            .flat_map(|(s, t)| t.keys().map(move |t| (s.clone(), t.clone())))
+            .collect()
     }
 
     pub fn shared(&self) -> &Arc<Catalog> {
@@ -288,6 +356,89 @@ impl SessionCatalog {
             None => false,
             Some(g) => !g.contains(schema) && shared.connection(schema).is_some(),
         }
+    }
+
+    /// Set the schemas bare names resolve in (`SET search_path`), in order.
+    pub fn set_search_path(&self, path: Vec<String>) {
+        if let Ok(mut p) = self.search_path.write()
+            && p.0 != path
+        {
+            p.0 = path;
+            p.1 += 1;
+        }
+    }
+
+    /// `current_schema()`: the first schema of `search_path` that exists and is visible.
+    pub fn current_schema(&self) -> Option<String> {
+        let path = self.search_path.read().ok()?.0.clone();
+        let visible = self.schema_names();
+        path.into_iter().find(|p| visible.contains(p))
+    }
+
+    /// The session's plan epoch now (see [`PlanEpoch`]).
+    pub fn plan_epoch(&self) -> PlanEpoch {
+        PlanEpoch {
+            access: self.access().version,
+            catalog: self.shared.version(),
+            search_path: self.search_path.read().map(|p| p.1).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A schema as this session may see it (`None`: no such schema).
+    fn resolve(&self, view: &AccessView, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if let Some(s) = self.local.read().ok().and_then(|l| l.get(name).cloned()) {
+            return Some(s);
+        }
+        if Self::hidden_in(view, &self.shared, name) {
+            return Some(Arc::new(crate::policy::DeniedSchema {
+                name: name.to_string(),
+            }));
+        }
+        let schema = self.shared.schema(name)?;
+        if name == SYSTEM_SCHEMA
+            && (view.granted.is_some() || !view.admin || !view.row_filters.is_empty())
+        {
+            return Some(Arc::new(crate::grants::GrantedSystemSchema {
+                inner: schema,
+                granted: view.granted.clone(),
+                admin: view.admin,
+                row_filtered: view
+                    .row_filters
+                    .iter()
+                    .flat_map(|(s, t)| t.keys().map(move |t| (s.clone(), t.clone())))
+                    .collect(),
+            }));
+        }
+        if let Some(filters) = view.row_filters.get(name) {
+            return Some(Arc::new(crate::policy::RowFilteredSchema {
+                inner: schema,
+                schema: name.to_string(),
+                filters: filters.clone(),
+            }));
+        }
+        Some(schema)
+    }
+
+    /// The schemas bare names resolve in: `pg_catalog` first unless the path names it, then
+    /// the path's schemas that exist and are granted (as PostgreSQL skips the others).
+    fn search_path_schema(&self, view: &AccessView) -> Arc<dyn SchemaProvider> {
+        let path = self
+            .search_path
+            .read()
+            .map(|p| p.0.clone())
+            .unwrap_or_default();
+        let mut names: Vec<&str> = Vec::new();
+        if !path.iter().any(|p| p == "pg_catalog") {
+            names.push("pg_catalog");
+        }
+        names.extend(path.iter().map(String::as_str));
+        let schemas = names
+            .into_iter()
+            .filter(|n| *n != crate::policy::SEARCH_PATH_SCHEMA)
+            .filter(|n| !Self::hidden_in(view, &self.shared, n))
+            .filter_map(|n| self.resolve(view, n))
+            .collect();
+        Arc::new(crate::policy::SearchPathSchema { path: schemas })
     }
 }
 
@@ -308,22 +459,11 @@ impl CatalogProvider for SessionCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        if let Some(s) = self.local.read().ok().and_then(|l| l.get(name).cloned()) {
-            return Some(s);
-        }
         let view = self.access();
-        if Self::hidden_in(&view, &self.shared, name) {
-            return None;
+        if name == crate::policy::SEARCH_PATH_SCHEMA {
+            return Some(self.search_path_schema(&view));
         }
-        let schema = self.shared.schema(name)?;
-        if name == SYSTEM_SCHEMA && (view.granted.is_some() || !view.admin) {
-            return Some(Arc::new(crate::grants::GrantedSystemSchema {
-                inner: schema,
-                granted: view.granted.clone(),
-                admin: view.admin,
-            }));
-        }
-        Some(schema)
+        self.resolve(&view, name)
     }
 
     fn register_schema(

@@ -13,6 +13,7 @@ pub mod grants;
 pub mod meta;
 pub mod metrics;
 pub mod options;
+pub mod policy;
 pub mod rest;
 pub mod session;
 pub mod sqldb;

@@ -9,8 +9,12 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_federation::FederatedQueryPlanner;
 
-use crate::catalog::{Catalog, DEFAULT_SCHEMA, SessionCatalog};
+use datafusion::catalog::MemoryCatalogProviderList;
+use datafusion::execution::session_state::SessionState;
+
+use crate::catalog::{Catalog, SessionCatalog};
 use crate::error::{JoineryError, Result};
+use crate::policy::SEARCH_PATH_SCHEMA;
 
 /// Engine limits, from the `[server]` section of the config.
 #[derive(Debug, Clone)]
@@ -33,15 +37,72 @@ impl Default for EngineConfig {
 }
 
 /// Makes sessions over one shared catalog.
-#[derive(Debug, Clone)]
+///
+/// Everything that is the same for every session — the function registry, optimizer rules,
+/// the query planner, what the front end adds with [`SessionFactory::customize`] — lives in
+/// one template state built once. A session copies the template's registries (maps of shared
+/// function handles) and adds only its own settings, memory pool and catalog view.
+#[derive(Clone)]
 pub struct SessionFactory {
     catalog: Arc<Catalog>,
     config: EngineConfig,
+    template: Arc<SessionState>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for SessionFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionFactory")
+            .field("catalog", &self.catalog.name())
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 impl SessionFactory {
     pub fn new(catalog: Arc<Catalog>, config: EngineConfig) -> Self {
-        Self { catalog, config }
+        let mut session_config = SessionConfig::new()
+            .with_option_extension(crate::options::JoineryOptions::default())
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(catalog.name(), SEARCH_PATH_SCHEMA)
+            .with_target_partitions(config.target_partitions.max(1));
+        let options = session_config.options_mut();
+        // Postgres semantics: unquoted identifiers fold to lowercase, `1.5` is numeric.
+        options.sql_parser.enable_ident_normalization = true;
+        options.sql_parser.parse_float_as_decimal = true;
+        // Round-robin repartitioning pulls batches ahead of the consumer; for API-backed tables
+        // that means fetching pages a LIMIT will never read. Sources bring their own partitions.
+        options.optimizer.enable_round_robin_repartition = false;
+        // Small join build sides reach the probe side as `key IN (...)` (up to this many keys
+        // per partition); a database scan adds them to its SQL.
+        options
+            .optimizer
+            .hash_join_inlist_pushdown_max_distinct_values = 1000;
+        let template = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_default_features()
+            .with_optimizer_rules(crate::sqldb::optimizer_rules())
+            .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
+            .build();
+        Self {
+            catalog,
+            config,
+            template: Arc::new(template),
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        }
+    }
+
+    /// Change what every session starts with (functions, type planners): `f` gets the
+    /// template state and returns the new one. Sessions opened before keep theirs.
+    pub fn customize(
+        &mut self,
+        f: impl FnOnce(SessionState) -> datafusion::error::Result<SessionState>,
+    ) -> Result<()> {
+        let state = f(self.template.as_ref().clone())
+            .map_err(|e| JoineryError::internal(format!("cannot prepare sessions: {e}")))?;
+        self.template = Arc::new(state);
+        Ok(())
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -92,44 +153,31 @@ impl SessionFactory {
         source: Option<(Arc<dyn crate::grants::AccessSource>, String)>,
     ) -> Result<(SessionContext, Arc<SessionCatalog>)> {
         let database = database.unwrap_or(self.catalog.name());
-        let mut config = SessionConfig::new()
-            .with_option_extension(crate::options::JoineryOptions::default())
-            .with_information_schema(true)
-            .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(database, DEFAULT_SCHEMA)
-            .with_target_partitions(self.config.target_partitions.max(1));
+        let mut config = self
+            .template
+            .config()
+            .clone()
+            .with_default_catalog_and_schema(database, SEARCH_PATH_SCHEMA);
         if let Some(c) = &access.credentials {
             config = config.with_extension(c.clone());
         }
-        // Postgres semantics: unquoted identifiers fold to lowercase, `1.5` is numeric.
-        config.options_mut().sql_parser.enable_ident_normalization = true;
-        config.options_mut().sql_parser.parse_float_as_decimal = true;
-        // Round-robin repartitioning pulls batches ahead of the consumer; for API-backed tables
-        // that means fetching pages a LIMIT will never read. Sources bring their own partitions.
-        config
-            .options_mut()
-            .optimizer
-            .enable_round_robin_repartition = false;
         let pool = TrackConsumersPool::new(
             GreedyMemoryPool::new(self.config.query_memory_limit),
             NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
         );
-        let runtime = RuntimeEnvBuilder::new()
+        // Disk manager, caches and object stores are shared; the memory pool is the session's.
+        let runtime = RuntimeEnvBuilder::from_runtime_env(self.template.runtime_env())
             .with_memory_pool(Arc::new(pool))
             .build_arc()
             .map_err(|e| JoineryError::internal(format!("cannot build runtime: {e}")))?;
-        // Small join build sides reach the probe side as `key IN (...)` (up to this many keys per
-        // partition); a database scan adds them to its SQL.
-        config
-            .options_mut()
-            .optimizer
-            .hash_join_inlist_pushdown_max_distinct_values = 1000;
-        let state = SessionStateBuilder::new()
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let state = SessionStateBuilder::new_from_existing(self.template.as_ref().clone())
+            .with_session_id(format!("joinery-{id}"))
             .with_config(config)
             .with_runtime_env(runtime)
-            .with_default_features()
-            .with_optimizer_rules(crate::sqldb::optimizer_rules())
-            .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
+            .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let view = self.catalog.session_view_for(access, source);

@@ -27,13 +27,27 @@ pub struct RoleConfig {
     pub grants: Option<BTreeSet<String>>,
 }
 
-/// Grants and revocations made in SQL, relative to the config.
+/// Grants, revocations and policies made in SQL, relative to the config.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RuntimeGrants {
     #[serde(default)]
     pub granted: BTreeMap<String, BTreeSet<String>>,
     #[serde(default)]
     pub revoked: BTreeMap<String, BTreeSet<String>>,
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+}
+
+/// A row filter made with `CREATE POLICY`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    pub schema: String,
+    pub table: String,
+    /// A SQL predicate over the table's columns (`current_user`: the reading user's name).
+    pub filter: String,
+    /// Users and roles it applies to; empty: every user who is not an admin (PUBLIC).
+    pub to: BTreeSet<String>,
 }
 
 /// The access rules of one server.
@@ -48,6 +62,26 @@ pub struct AccessControl {
     pub file: Option<PathBuf>,
     runtime: RwLock<RuntimeGrants>,
     version: AtomicU64,
+}
+
+/// One row of `joinery.policies`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyRow {
+    pub name: String,
+    pub schema: String,
+    pub table: String,
+    pub filter: String,
+    pub applies_to: String,
+    /// `config` ([[row_filters]]) or `sql` (CREATE POLICY).
+    pub source: &'static str,
+}
+
+/// Why a policy change was refused (the SQLSTATE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyError {
+    NoSuchObject,
+    Exists,
+    Other,
 }
 
 /// What a GRANT or REVOKE changed, for the statement's answer.
@@ -242,23 +276,140 @@ impl AccessControl {
                 .cloned()
                 .collect()
         };
-        let persisted = match &self.file {
-            Some(path) if *rt != before => {
-                if let Err(e) = write_private(path, &rt) {
-                    *rt = before;
-                    return Err(format!("cannot save grants to {}: {e}", path.display()));
-                }
-                true
-            }
-            Some(_) => true,
-            None => false,
-        };
+        let persisted = self.save(&mut rt, before)?;
         drop(rt);
         self.version.fetch_add(1, Ordering::SeqCst);
         Ok(Change {
             still_via_role,
             persisted,
         })
+    }
+
+    /// Write the runtime state to the grants file (if any); on failure restore `before`.
+    fn save(&self, rt: &mut RuntimeGrants, before: RuntimeGrants) -> Result<bool, String> {
+        match &self.file {
+            Some(path) if *rt != before => {
+                if let Err(e) = write_private(path, rt) {
+                    *rt = before;
+                    return Err(format!("cannot save grants to {}: {e}", path.display()));
+                }
+                Ok(true)
+            }
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
+    }
+
+    /// `CREATE POLICY` (the caller has checked the table and the predicate): returns whether
+    /// it was written to the grants file.
+    pub fn create_policy(&self, policy: Policy) -> Result<bool, (PolicyError, String)> {
+        if !self.connections.contains(&policy.schema) {
+            return Err((
+                PolicyError::NoSuchObject,
+                format!("schema \"{}\" does not exist", policy.schema),
+            ));
+        }
+        if let Some(bad) = policy.to.iter().find(|g| !self.is_grantee(g)) {
+            return Err((
+                PolicyError::NoSuchObject,
+                format!("role \"{bad}\" does not exist"),
+            ));
+        }
+        let mut rt = self
+            .runtime
+            .write()
+            .map_err(|_| (PolicyError::Other, "grants lock poisoned".to_string()))?;
+        if rt
+            .policies
+            .iter()
+            .any(|p| p.name == policy.name && p.schema == policy.schema && p.table == policy.table)
+        {
+            return Err((
+                PolicyError::Exists,
+                format!(
+                    "policy \"{}\" for table \"{}\" already exists",
+                    policy.name, policy.table
+                ),
+            ));
+        }
+        let before = rt.clone();
+        rt.policies.push(policy);
+        let persisted = self
+            .save(&mut rt, before)
+            .map_err(|e| (PolicyError::Other, e))?;
+        drop(rt);
+        self.version.fetch_add(1, Ordering::SeqCst);
+        Ok(persisted)
+    }
+
+    /// `DROP POLICY`: `Ok(false)` when it did not exist and `if_exists` was given.
+    pub fn drop_policy(
+        &self,
+        name: &str,
+        schema: &str,
+        table: &str,
+        if_exists: bool,
+    ) -> Result<bool, (PolicyError, String)> {
+        let mut rt = self
+            .runtime
+            .write()
+            .map_err(|_| (PolicyError::Other, "grants lock poisoned".to_string()))?;
+        let before = rt.clone();
+        rt.policies
+            .retain(|p| !(p.name == name && p.schema == schema && p.table == table));
+        if rt.policies.len() == before.policies.len() {
+            if if_exists {
+                return Ok(false);
+            }
+            return Err((
+                PolicyError::NoSuchObject,
+                format!("policy \"{name}\" for table \"{table}\" does not exist"),
+            ));
+        }
+        self.save(&mut rt, before)
+            .map_err(|e| (PolicyError::Other, e))?;
+        drop(rt);
+        self.version.fetch_add(1, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    /// Every row filter with its origin, for `joinery.policies`.
+    pub fn policy_listing(&self) -> Vec<PolicyRow> {
+        let mut out = Vec::new();
+        for (i, f) in self.row_filters.iter().enumerate() {
+            let mut to: Vec<String> = Vec::new();
+            to.extend(f.users.iter().flatten().cloned());
+            to.extend(f.roles.iter().flatten().cloned());
+            out.push(PolicyRow {
+                name: format!("row_filters[{i}]"),
+                schema: f.schema.clone(),
+                table: f.table.clone(),
+                filter: f.filter.clone(),
+                applies_to: if to.is_empty() {
+                    PUBLIC.to_string()
+                } else {
+                    to.join(", ")
+                },
+                source: "config",
+            });
+        }
+        if let Ok(rt) = self.runtime.read() {
+            for p in &rt.policies {
+                out.push(PolicyRow {
+                    name: p.name.clone(),
+                    schema: p.schema.clone(),
+                    table: p.table.clone(),
+                    filter: p.filter.clone(),
+                    applies_to: if p.to.is_empty() {
+                        PUBLIC.to_string()
+                    } else {
+                        p.to.iter().cloned().collect::<Vec<_>>().join(", ")
+                    },
+                    source: "sql",
+                });
+            }
+        }
+        out
     }
 
     /// Rows for `joinery.grants`-style listings: (grantee, connection, source).
@@ -306,6 +457,43 @@ pub fn grants_table(access: Arc<AccessControl>) -> joinery_engine::system::Snaps
                     rows.iter().map(|r| r.1.as_str()),
                 )),
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )?)
+    })
+}
+
+/// `joinery.policies` (admins only): every row filter, from the config or `CREATE POLICY`,
+/// and whom it applies to.
+pub fn policies_table(access: Arc<AccessControl>) -> joinery_engine::system::SnapshotTable {
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(
+        [
+            "policy_name",
+            "schema_name",
+            "table_name",
+            "filter",
+            "applies_to",
+            "source",
+        ]
+        .into_iter()
+        .map(|n| Field::new(n, DataType::Utf8, false))
+        .collect::<Vec<_>>(),
+    ));
+    joinery_engine::system::SnapshotTable::new(schema.clone(), move || {
+        let rows = access.policy_listing();
+        let col = |f: fn(&PolicyRow) -> &str| {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as arrow::array::ArrayRef
+        };
+        Ok(arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                col(|r| &r.name),
+                col(|r| &r.schema),
+                col(|r| &r.table),
+                col(|r| &r.filter),
+                col(|r| &r.applies_to),
+                col(|r| r.source),
             ],
         )?)
     })
@@ -364,7 +552,7 @@ impl AccessSource for AccessControl {
                 })
             });
         let admin = self.is_admin(user);
-        let row_filters = self
+        let mut row_filters: Vec<(String, String, String)> = self
             .row_filters
             .iter()
             .filter(|f| match (&f.users, &f.roles) {
@@ -384,6 +572,24 @@ impl AccessSource for AccessControl {
                 )
             })
             .collect();
+        if let Ok(rt) = self.runtime.read() {
+            for p in &rt.policies {
+                let applies = if p.to.is_empty() {
+                    !admin
+                } else {
+                    p.to.contains(user)
+                        || p.to.contains(PUBLIC)
+                        || p.to.iter().any(|r| self.member_of(user, r))
+                };
+                if applies {
+                    row_filters.push((
+                        p.schema.clone(),
+                        p.table.clone(),
+                        with_current_user(&p.filter, user),
+                    ));
+                }
+            }
+        }
         Access {
             granted: self.grants_of(user),
             admin,

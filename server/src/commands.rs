@@ -39,6 +39,24 @@ pub enum Command {
         connections: Vec<String>,
         grantees: Vec<String>,
     },
+    /// `CREATE POLICY name ON connection.table [FOR SELECT] [TO x, ...] USING (predicate)`
+    /// (admins): a row filter made in SQL.
+    CreatePolicy {
+        name: String,
+        schema: String,
+        table: String,
+        /// The predicate's SQL text.
+        filter: String,
+        /// Users and roles; empty: PUBLIC (every user who is not an admin).
+        to: Vec<String>,
+    },
+    /// `DROP POLICY [IF EXISTS] name ON connection.table` (admins).
+    DropPolicy {
+        name: String,
+        schema: String,
+        table: String,
+        if_exists: bool,
+    },
 }
 
 impl Command {
@@ -101,6 +119,31 @@ fn expr_text(e: &Expr) -> Option<String> {
     })
 }
 
+/// A `search_path` list as PostgreSQL keeps it: unquoted names folded to lower case, quoted
+/// names and string literals taken as written, and each shown quoted when it needs to be
+/// (`demo, "MixedCase", public`).
+fn search_path_text(values: &[Expr]) -> Option<String> {
+    let mut names = Vec::with_capacity(values.len());
+    for v in values {
+        let name = match v {
+            Expr::Identifier(i) if i.quote_style.is_none() => {
+                if i.value.eq_ignore_ascii_case("default") && values.len() == 1 {
+                    return None;
+                }
+                i.value.to_ascii_lowercase()
+            }
+            Expr::Identifier(i) => i.value.clone(),
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+                _ => expr_text(&Expr::Value(v.clone()))?,
+            },
+            other => expr_text(other)?,
+        };
+        names.push(crate::settings::quote_schema_name(&name));
+    }
+    Some(names.join(", "))
+}
+
 fn values_text(values: &[Expr]) -> Option<String> {
     let parts: Option<Vec<String>> = values.iter().map(expr_text).collect();
     parts.map(|p| p.join(", "))
@@ -112,10 +155,15 @@ pub fn classify(stmt: &Statement, user: &str) -> Option<Result<Command, SqlError
         Statement::Set(set) => match set {
             Set::SingleAssignment {
                 variable, values, ..
-            } => Command::Set {
-                name: object_name(variable),
-                value: values_text(values),
-            },
+            } => {
+                let name = object_name(variable);
+                let value = if name == "search_path" {
+                    search_path_text(values)
+                } else {
+                    values_text(values)
+                };
+                Command::Set { name, value }
+            }
             Set::MultipleAssignments { assignments } if assignments.len() == 1 => Command::Set {
                 name: object_name(&assignments[0].name),
                 value: expr_text(&assignments[0].value),
@@ -205,6 +253,17 @@ pub fn classify(stmt: &Statement, user: &str) -> Option<Result<Command, SqlError
         Statement::Revoke(r) => {
             return Some(grant_command(false, &r.privileges, &r.objects, &r.grantees));
         }
+        Statement::CreatePolicy(p) => return Some(create_policy(p, user)),
+        Statement::DropPolicy(p) => {
+            return Some(
+                policy_table(&p.table_name).map(|(schema, table)| Command::DropPolicy {
+                    name: ident(&p.name),
+                    schema,
+                    table,
+                    if_exists: p.if_exists,
+                }),
+            );
+        }
         Statement::LISTEN { .. } => Command::Noop("LISTEN"),
         Statement::UNLISTEN { .. } => Command::Noop("UNLISTEN"),
         Statement::NOTIFY { .. } => Command::Noop("NOTIFY"),
@@ -217,6 +276,79 @@ pub fn classify(stmt: &Statement, user: &str) -> Option<Result<Command, SqlError
         }
         _ => return None,
     }))
+}
+
+/// The `connection.table` a policy is on (a policy needs both parts: a bare name would
+/// depend on `search_path`).
+fn policy_table(name: &ObjectName) -> Result<(String, String), SqlError> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident().map(ident))
+        .collect();
+    match parts.as_slice() {
+        [schema, table] | [_, schema, table] => Ok((schema.clone(), table.clone())),
+        _ => Err(SqlError::new(
+            SqlState::INVALID_PARAMETER_VALUE,
+            format!("a policy is on connection.table, not \"{name}\""),
+        )),
+    }
+}
+
+/// `CREATE POLICY`: a row filter for reads. Joinery is read-only, so only `FOR SELECT` (or
+/// `ALL`, meaning the same here) with `USING`; every policy that applies to a user narrows what
+/// they read (policies combine with AND, like PostgreSQL's `AS RESTRICTIVE`).
+fn create_policy(
+    p: &datafusion::sql::sqlparser::ast::CreatePolicy,
+    user: &str,
+) -> Result<Command, SqlError> {
+    use datafusion::sql::sqlparser::ast::{CreatePolicyCommand, Owner};
+    let unsupported = |m: &str| {
+        Err(SqlError::new(SqlState::FEATURE_NOT_SUPPORTED, m.to_string())
+            .with_hint("CREATE POLICY name ON connection.table FOR SELECT TO user_or_role USING (predicate)"))
+    };
+    if !matches!(
+        p.command,
+        None | Some(CreatePolicyCommand::Select) | Some(CreatePolicyCommand::All)
+    ) {
+        return unsupported("Joinery is read-only: policies are FOR SELECT");
+    }
+    if p.with_check.is_some() {
+        return unsupported("Joinery is read-only: WITH CHECK has nothing to check");
+    }
+    let Some(using) = &p.using else {
+        return unsupported("a policy needs USING (predicate)");
+    };
+    let (schema, table) = policy_table(&p.table_name)?;
+    let mut to = Vec::new();
+    for o in p.to.iter().flatten() {
+        match o {
+            Owner::Ident(i) => {
+                let name = ident(i);
+                if name != crate::access::PUBLIC {
+                    to.push(name);
+                }
+            }
+            Owner::CurrentUser | Owner::CurrentRole | Owner::SessionUser => {
+                to.push(user.to_string())
+            }
+        }
+    }
+    // PUBLIC among others still means everyone.
+    if p.to
+        .iter()
+        .flatten()
+        .any(|o| matches!(o, Owner::Ident(i) if ident(i) == crate::access::PUBLIC))
+    {
+        to.clear();
+    }
+    Ok(Command::CreatePolicy {
+        name: ident(&p.name),
+        schema,
+        table,
+        filter: using.to_string(),
+        to,
+    })
 }
 
 /// `GRANT`/`REVOKE`: Joinery's unit of access is a connection (a schema), so USAGE (or ALL) on

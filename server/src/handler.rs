@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::common::ParamValues;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::Expr;
@@ -71,6 +71,7 @@ use crate::errors::{SqlError, SqlState, from_datafusion};
 use crate::pgcatalog::{self, SessionInfo};
 use crate::session::Session;
 use crate::settings::{Settings, canonical_name};
+use joinery_engine::catalog::PlanEpoch;
 
 /// Live sessions by backend pid: the cancel secret and the session.
 type SessionRegistry = Mutex<HashMap<i32, (Vec<u8>, Weak<Session>)>>;
@@ -89,6 +90,9 @@ pub struct Shared {
     running: Mutex<HashMap<u64, (String, SocketAddr)>>,
     /// The TLS certificate (PEM) when TLS is on: SCRAM-SHA-256-PLUS binds to it.
     pub tls_cert_pem: Mutex<Option<Vec<u8>>>,
+    /// Table and column descriptions for `pg_description`, shared by sessions, with the
+    /// catalog version they were read at.
+    descriptions: tokio::sync::Mutex<(u64, Arc<pgcatalog::Descriptions>)>,
 }
 
 impl Shared {
@@ -104,7 +108,22 @@ impl Shared {
             logins: Default::default(),
             running: Mutex::new(HashMap::new()),
             tls_cert_pem: Mutex::new(None),
+            descriptions: tokio::sync::Mutex::new((0, Arc::default())),
         })
+    }
+
+    /// The catalog's descriptions, read again when a connection was added or refreshed.
+    async fn descriptions(&self) -> Result<Arc<pgcatalog::Descriptions>, SqlError> {
+        let catalog = self.factory.catalog();
+        let mut d = self.descriptions.lock().await;
+        if d.0 != catalog.version() {
+            let version = catalog.version();
+            let built = pgcatalog::build_descriptions(catalog)
+                .await
+                .map_err(|e| from_datafusion(&e))?;
+            *d = (version, Arc::new(built));
+        }
+        Ok(d.1.clone())
     }
 
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, SqlError> {
@@ -149,8 +168,8 @@ impl Shared {
                 database: database.to_string(),
                 settings: settings.clone(),
             },
+            self.descriptions().await?,
         )
-        .await
         .map_err(|e| from_datafusion(&e))?;
         let session = Arc::new(Session::new(
             pid,
@@ -631,7 +650,14 @@ pub enum PreparedKind {
     Query {
         /// The statement's text, for the audit log.
         sql: Arc<str>,
+        /// The statement as planned, to plan again when access, the catalog or `search_path`
+        /// changed before it runs.
+        source: Arc<Statement>,
+        /// What the plan was made under.
+        epoch: PlanEpoch,
         plan: Box<LogicalPlan>,
+        /// The latest re-plan, for the epoch it was made under.
+        replanned: Arc<Mutex<Option<(PlanEpoch, LogicalPlan)>>>,
         param_types: Vec<Type>,
         param_data_types: Vec<Option<DataType>>,
         schema: SchemaRef,
@@ -786,17 +812,10 @@ pub async fn plan_statement(
     session: &Session,
     stmt: Statement,
 ) -> Result<(LogicalPlan, Option<Vec<String>>), SqlError> {
+    // Grants and row filters are enforced where the session catalog hands out tables
+    // (joinery_engine::policy): whatever the statement names, it gets only what it may read.
     let state = session.ctx.state();
     let stmt = DfStatement::Statement(Box::new(stmt));
-    // A connection this user was not granted: refused by name, wherever it is referenced
-    // (joins, subqueries, EXPLAIN, prepared statements), before anything is planned.
-    if let Ok(refs) = state.resolve_table_references(&stmt) {
-        for r in refs {
-            if let Some(denied) = access_denied(session, r.schema(), r.table()) {
-                return Err(denied);
-            }
-        }
-    }
     let plan = state
         .statement_to_plan(stmt)
         .await
@@ -807,7 +826,6 @@ pub async fn plan_statement(
         }
         other => other,
     };
-    let plan = apply_row_filters(session, plan)?;
     // Joinery is read-only: no DDL, DML, or DataFusion statements (SET is handled before).
     datafusion::execution::context::SQLOptions::new()
         .with_allow_ddl(false)
@@ -825,93 +843,35 @@ pub async fn plan_statement(
     Ok((plan, names))
 }
 
-/// Refuse a planned statement that reads a connection the session may no longer use, or an
-/// admin-only system table (prepared before a REVOKE, run after it).
-fn check_plan_access(session: &Session, plan: &LogicalPlan) -> Result<(), SqlError> {
-    let mut denied: Option<SqlError> = None;
-    let _ = plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node {
-            denied = access_denied(session, scan.table_name.schema(), scan.table_name.table());
-            if denied.is_some() {
-                return Ok(TreeNodeRecursion::Stop);
+/// A policy command as the audit log keeps it.
+fn policy_text(cmd: &Command) -> String {
+    match cmd {
+        Command::CreatePolicy {
+            name,
+            schema,
+            table,
+            filter,
+            to,
+        } => format!(
+            "CREATE POLICY {name} ON {schema}.{table} FOR SELECT TO {} USING ({filter})",
+            if to.is_empty() {
+                "PUBLIC".to_string()
+            } else {
+                to.join(", ")
             }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    denied.map_or(Ok(()), Err)
-}
-
-/// Why this session may not read `schema.table`: a connection it was not granted, or an
-/// admin-only system table (`None`: it may).
-fn access_denied(session: &Session, schema: Option<&str>, table: &str) -> Option<SqlError> {
-    let schema = schema?;
-    if session.catalog.is_hidden(schema) {
-        return Some(SqlError::new(
-            SqlState::INSUFFICIENT_PRIVILEGE,
-            format!("permission denied for schema {schema}"),
-        ));
+        ),
+        Command::DropPolicy {
+            name,
+            schema,
+            table,
+            ..
+        } => format!("DROP POLICY {name} ON {schema}.{table}"),
+        _ => String::new(),
     }
-    (schema == joinery_engine::SYSTEM_SCHEMA
-        && joinery_engine::grants::ADMIN_TABLES.contains(&table)
-        && !session.catalog.is_admin())
-    .then(|| {
-        SqlError::new(
-            SqlState::INSUFFICIENT_PRIVILEGE,
-            format!("permission denied for table {table}: only admins read it"),
-        )
-    })
 }
 
 /// Fill in parameter types DataFusion left open, the way Postgres would resolve them:
 /// `$1::int[]` takes the cast's type, `x = ANY($1)` is an array of x's type.
-/// The session's row filters as Filter nodes right above each scan of their table, wherever it
-/// appears (joins, subqueries, CTEs, EXPLAIN), before any optimization.
-fn apply_row_filters(session: &Session, plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
-    let filters = session.catalog.row_filters();
-    if filters.is_empty() {
-        return Ok(plan);
-    }
-    let state = session.ctx.state();
-    plan.transform_up_with_subqueries(|node| {
-        let LogicalPlan::TableScan(scan) = &node else {
-            return Ok(Transformed::no(node));
-        };
-        let (schema, table) = match &scan.table_name {
-            datafusion::common::TableReference::Partial { schema, table }
-            | datafusion::common::TableReference::Full { schema, table, .. } => {
-                (schema.as_ref(), table.as_ref())
-            }
-            datafusion::common::TableReference::Bare { .. } => return Ok(Transformed::no(node)),
-        };
-        let mut predicate: Option<Expr> = None;
-        for (s, t, sql) in filters.iter() {
-            if s == schema && t == table {
-                let e = state.create_logical_expr(sql, scan.projected_schema.as_ref())?;
-                predicate = Some(match predicate {
-                    Some(p) => p.and(e),
-                    None => e,
-                });
-            }
-        }
-        match predicate {
-            Some(p) => Ok(Transformed::yes(LogicalPlan::Filter(
-                datafusion::logical_expr::Filter::try_new(p, Arc::new(node))?,
-            ))),
-            None => Ok(Transformed::no(node)),
-        }
-    })
-    .map(|t| t.data)
-    .map_err(|e| {
-        SqlError::new(
-            SqlState::CONFIG_FILE_ERROR,
-            format!(
-                "row filter cannot be applied: {}",
-                from_datafusion(&e).message
-            ),
-        )
-    })
-}
-
 fn refine_parameter_types(plan: &LogicalPlan, params: &mut HashMap<String, Option<DataType>>) {
     use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::logical_expr::ExprSchemable;
@@ -969,6 +929,58 @@ fn refine_parameter_types(plan: &LogicalPlan, params: &mut HashMap<String, Optio
     }
 }
 
+/// The result columns a plan will produce. Describe must announce the types execution will
+/// produce: type coercion (run by the analyzer) can still change them, so this is the
+/// analyzed plan's schema.
+fn described_schema(session: &Session, plan: &LogicalPlan) -> SchemaRef {
+    match session.ctx.state().optimize(plan) {
+        Ok(analyzed) => Arc::new(analyzed.schema().as_arrow().clone()),
+        Err(_) => Arc::new(plan.schema().as_arrow().clone()),
+    }
+}
+
+/// The plan a prepared statement runs now: the one made at Parse, or — when grants, policies,
+/// the catalog or `search_path` changed since — a fresh one, refused if its result columns
+/// differ from what Describe announced (as PostgreSQL refuses a cached plan that would).
+async fn current_plan(
+    session: &Session,
+    source: &Statement,
+    epoch: PlanEpoch,
+    plan: &LogicalPlan,
+    replanned: &Mutex<Option<(PlanEpoch, LogicalPlan)>>,
+    schema: &SchemaRef,
+) -> Result<LogicalPlan, SqlError> {
+    let now = session.catalog.plan_epoch();
+    if now == epoch {
+        return Ok(plan.clone());
+    }
+    if let Ok(r) = replanned.lock()
+        && let Some((e, p)) = r.as_ref()
+        && *e == now
+    {
+        return Ok(p.clone());
+    }
+    let (fresh, _) = plan_statement(session, source.clone()).await?;
+    let fresh_schema = described_schema(session, &fresh);
+    let types = |s: &SchemaRef| {
+        s.fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect::<Vec<_>>()
+    };
+    if types(&fresh_schema) != types(schema) {
+        return Err(SqlError::new(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "cached plan must not change result type",
+        )
+        .with_hint("prepare the statement again"));
+    }
+    if let Ok(mut r) = replanned.lock() {
+        *r = Some((now, fresh.clone()));
+    }
+    Ok(fresh)
+}
+
 fn statement_tag(stmt: &Statement) -> &'static str {
     match stmt {
         Statement::Explain { .. } => "EXPLAIN",
@@ -1009,6 +1021,8 @@ impl StatementParser {
             _ => stmt,
         };
         let sql: Arc<str> = Arc::from(to_plan.to_string());
+        let source = Arc::new(to_plan.clone());
+        let epoch = session.catalog.plan_epoch();
         let (plan, names) = match plan_statement(session, to_plan).await {
             Ok(p) => p,
             Err(e) => {
@@ -1064,16 +1078,14 @@ impl StatementParser {
                 }
             })
             .collect();
-        // Describe must announce the types execution will produce: type coercion (run by the
-        // analyzer) can still change them, so describe the analyzed plan.
-        let schema = match session.ctx.state().optimize(&plan) {
-            Ok(analyzed) => Arc::new(analyzed.schema().as_arrow().clone()),
-            Err(_) => Arc::new(plan.schema().as_arrow().clone()),
-        };
+        let schema = described_schema(session, &plan);
         Ok(Prepared {
             kind: PreparedKind::Query {
                 sql,
+                source,
+                epoch,
                 plan: Box::new(plan),
+                replanned: Arc::default(),
                 param_types,
                 param_data_types,
                 schema,
@@ -1420,15 +1432,26 @@ impl QueryHandler {
         let started = Instant::now();
         let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
         let ctx = session.ctx.clone();
+        let hide_filtered = crate::explain::reads_row_filtered(&session.catalog, &plan);
         let span = tracing::info_span!("query", query_id, user = %session.user, pid = session.pid);
         let (schema, stream) = match tracing::Instrument::instrument(
             guarded(
                 async move {
-                    let df = ctx
-                        .execute_logical_plan(plan)
-                        .await
-                        .map_err(|e| from_datafusion(&e))?;
-                    let stream = df.execute_stream().await.map_err(|e| from_datafusion(&e))?;
+                    let stream = match &plan {
+                        // Row counts beneath a row filter would tell what it removed.
+                        LogicalPlan::Analyze(a) if hide_filtered => {
+                            crate::explain::analyze(&ctx, a)
+                                .await
+                                .map_err(|e| from_datafusion(&e))?
+                        }
+                        _ => {
+                            let df = ctx
+                                .execute_logical_plan(plan)
+                                .await
+                                .map_err(|e| from_datafusion(&e))?;
+                            df.execute_stream().await.map_err(|e| from_datafusion(&e))?
+                        }
+                    };
                     Ok((stream.schema(), stream))
                 },
                 &token,
@@ -1447,7 +1470,14 @@ impl QueryHandler {
         let stream = match progress_every {
             Some(every) => {
                 match self
-                    .first_batch_with_progress(client, stream, query_id, every, &token, deadline)
+                    .first_batch_with_progress(
+                        client,
+                        stream,
+                        query_id,
+                        every,
+                        (&token, deadline),
+                        session.catalog.has_row_filters(),
+                    )
                     .await
                 {
                     Ok(s) => s,
@@ -1486,8 +1516,8 @@ impl QueryHandler {
         mut stream: SendableRecordBatchStream,
         query_id: u64,
         every: std::time::Duration,
-        token: &CancellationToken,
-        deadline: Option<tokio::time::Instant>,
+        (token, deadline): (&CancellationToken, Option<tokio::time::Instant>),
+        hide_volume: bool,
     ) -> Result<SendableRecordBatchStream, SqlError>
     where
         C: Sink<PgWireBackendMessage> + Unpin + Send,
@@ -1501,14 +1531,22 @@ impl QueryHandler {
                     let Some(p) = self.shared.metrics().query_progress(query_id) else {
                         continue;
                     };
-                    let msg = format!(
-                        "joinery: {} page(s), {} row(s), {} from cache, from {} so far ({:.1}s)",
-                        p.pages,
-                        p.rows,
-                        p.cache_hits,
-                        p.connectors.iter().cloned().collect::<Vec<_>>().join(", "),
-                        started.elapsed().as_secs_f64()
-                    );
+                    let connectors = p.connectors.iter().cloned().collect::<Vec<_>>().join(", ");
+                    // Pages and rows fetched before a row filter would tell what it removes.
+                    let msg = if hide_volume {
+                        format!(
+                            "joinery: waiting for {connectors} ({:.1}s)",
+                            started.elapsed().as_secs_f64()
+                        )
+                    } else {
+                        format!(
+                            "joinery: {} page(s), {} row(s), {} from cache, from {connectors} so far ({:.1}s)",
+                            p.pages,
+                            p.rows,
+                            p.cache_hits,
+                            started.elapsed().as_secs_f64()
+                        )
+                    };
                     let mut info = ErrorInfo::new("NOTICE".into(), "00000".into(), msg);
                     info.severity = "NOTICE".into();
                     // A client that cannot take a notice will fail on the rows too.
@@ -1578,6 +1616,109 @@ impl QueryHandler {
                 };
                 SqlError::new(state, e)
             })
+    }
+
+    /// `CREATE POLICY` / `DROP POLICY`: admins only. A new policy's table must exist and its
+    /// predicate must apply to it (checked as the reading users will meet it).
+    async fn change_policy(
+        &self,
+        session: &Session,
+        cmd: &Command,
+    ) -> Result<(&'static str, Option<String>), SqlError> {
+        if !session.catalog.is_admin() {
+            return Err(SqlError::new(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                "permission denied: only admins create or drop policies",
+            ));
+        }
+        let access = &self.shared.config.access;
+        if access.open_to_all() {
+            return Err(SqlError::new(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "this server has no [users]: a policy would apply to nobody",
+            ));
+        }
+        let policy_error = |(kind, m): (crate::access::PolicyError, String)| {
+            let state = match kind {
+                crate::access::PolicyError::NoSuchObject if m.starts_with("schema") => {
+                    SqlState::UNDEFINED_SCHEMA
+                }
+                crate::access::PolicyError::NoSuchObject => SqlState::UNDEFINED_OBJECT,
+                crate::access::PolicyError::Exists => SqlState::DUPLICATE_OBJECT,
+                crate::access::PolicyError::Other => SqlState::CONFIG_FILE_ERROR,
+            };
+            SqlError::new(state, m)
+        };
+        let persisted = match cmd {
+            Command::CreatePolicy {
+                name,
+                schema,
+                table,
+                filter,
+                to,
+            } => {
+                let provider = match self.shared.factory.catalog().schema(schema) {
+                    Some(s) => s.table(table).await.map_err(|e| from_datafusion(&e))?,
+                    None => None,
+                };
+                let Some(provider) = provider else {
+                    return Err(SqlError::new(
+                        SqlState::UNDEFINED_TABLE,
+                        format!("relation \"{schema}.{table}\" does not exist"),
+                    ));
+                };
+                // The predicate must fit the table for any reader.
+                joinery_engine::policy::RowFilteredTable::try_new(
+                    provider,
+                    datafusion::common::TableReference::partial(schema.as_str(), table.as_str()),
+                    &[crate::config::with_current_user(filter, &session.user)],
+                )
+                .map_err(|e| from_datafusion(&e))?;
+                access
+                    .create_policy(crate::access::Policy {
+                        name: name.clone(),
+                        schema: schema.clone(),
+                        table: table.clone(),
+                        filter: filter.clone(),
+                        to: to.iter().cloned().collect(),
+                    })
+                    .map_err(policy_error)?
+            }
+            Command::DropPolicy {
+                name,
+                schema,
+                table,
+                if_exists,
+            } => {
+                let existed = access
+                    .drop_policy(name, schema, table, *if_exists)
+                    .map_err(policy_error)?;
+                if !existed {
+                    return Ok((
+                        "DROP POLICY",
+                        Some(format!(
+                            "policy \"{name}\" for table \"{table}\" does not exist, skipping"
+                        )),
+                    ));
+                }
+                true
+            }
+            _ => {
+                return Err(SqlError::new(
+                    SqlState::INTERNAL_ERROR,
+                    "not a policy command",
+                ));
+            }
+        };
+        let tag = if matches!(cmd, Command::CreatePolicy { .. }) {
+            "CREATE POLICY"
+        } else {
+            "DROP POLICY"
+        };
+        let warn = (!persisted).then(|| {
+            "no grants_file is configured: this change lasts until the server restarts".to_string()
+        });
+        Ok((tag, warn))
     }
 
     /// Run a session command.
@@ -1809,6 +1950,25 @@ impl QueryHandler {
                 }))
             }
             Command::Noop(tag) => Response::Execution(Tag::new(tag)),
+            Command::CreatePolicy { .. } | Command::DropPolicy { .. } => {
+                let outcome = self.change_policy(session, cmd).await;
+                self.shared.audit_statement(
+                    session,
+                    None,
+                    &policy_text(cmd),
+                    match &outcome {
+                        Ok(_) => "ok",
+                        Err(e) => e.state.0,
+                    },
+                    None,
+                    None,
+                );
+                let (tag, warn) = outcome?;
+                if let Some(w) = warn {
+                    notice = Some((SqlState::WARNING, w));
+                }
+                Response::Execution(Tag::new(tag))
+            }
             Command::Grant {
                 grant,
                 connections,
@@ -1904,14 +2064,17 @@ impl QueryHandler {
                 tag,
                 names,
                 sql,
+                source,
+                epoch,
+                replanned,
+                schema,
                 ..
             } => {
-                // Access may have changed since the statement was prepared (REVOKE).
-                check_plan_access(session, plan)?;
+                // Access, the catalog or search_path may have changed since Parse (REVOKE,
+                // a new policy, SET search_path): then the statement is planned again.
+                let plan = current_plan(session, source, *epoch, plan, replanned, schema).await?;
                 let plan = match params {
                     Some(p) => plan
-                        .as_ref()
-                        .clone()
                         .replace_params_with_values(p)
                         .map_err(|e| from_datafusion(&e))?,
                     None => {
@@ -1925,7 +2088,7 @@ impl QueryHandler {
                                 "there is no parameter $1 (use the extended protocol to bind parameters)",
                             ));
                         }
-                        plan.as_ref().clone()
+                        plan
                     }
                 };
                 self.run_plan(client, session, plan, names.as_deref(), format, tag, sql)

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod encode;
 pub mod errors;
+pub mod explain;
 pub mod handler;
 pub mod naming;
 pub mod observe;

@@ -8,7 +8,7 @@
 //! `col_description()`, so psql's `\d+`, pgjdbc's REMARKS and AI agents can read them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, StringBuilder,
@@ -20,13 +20,16 @@ use datafusion::common::{ScalarValue, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
     Volatility,
 };
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{Expr, SessionContext};
+use datafusion_pg_catalog::pg_catalog::catalog_info::CatalogInfo;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::pg_catalog::{PgCatalogSchemaProvider, PgCatalogStaticTables};
 use joinery_engine::catalog::SessionCatalog;
 use joinery_engine::meta;
 
@@ -50,26 +53,190 @@ pub struct SessionInfo {
     pub settings: Arc<Mutex<Settings>>,
 }
 
-/// Install `pg_catalog` and our functions into a fresh session.
-pub async fn install(
+/// The `pg_catalog` tables seeded from a real PostgreSQL: decoded once per process and shared
+/// by every session (they do not depend on the user).
+fn static_tables() -> DfResult<Arc<PgCatalogStaticTables>> {
+    static TABLES: OnceLock<Arc<PgCatalogStaticTables>> = OnceLock::new();
+    if let Some(t) = TABLES.get() {
+        return Ok(t.clone());
+    }
+    let t = Arc::new(PgCatalogStaticTables::try_new()?);
+    Ok(TABLES.get_or_init(|| t).clone())
+}
+
+/// What every session shares: Postgres's stateless functions and type names, added once to
+/// the session template (see [`joinery_engine::SessionFactory::customize`]).
+pub fn prepare_template(state: SessionState) -> DfResult<SessionState> {
+    use datafusion_pg_catalog::pg_catalog as pg;
+    let tables = static_tables()?;
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_type_planner(Arc::new(pg::oid_type_planner::PgOidTypePlanner))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    for udf in [
+        pg::has_privilege_udf::create_has_privilege_udf("has_table_privilege"),
+        pg::has_privilege_udf::create_has_privilege_udf("has_schema_privilege"),
+        pg::has_privilege_udf::create_has_privilege_udf("has_database_privilege"),
+        pg::has_privilege_udf::create_has_privilege_udf("has_any_column_privilege"),
+        pg::create_pg_table_is_visible(),
+        pg::format_type::create_format_type_udf(),
+        pg::pg_get_expr_udf::create_pg_get_expr_udf(),
+        pg::create_pg_get_partkeydef_udf(),
+        pg::create_pg_relation_is_publishable_udf(),
+        pg::create_pg_get_statisticsobjdef_columns_udf(),
+        pg::create_pg_encoding_to_char_udf(),
+        pg::create_pg_relation_size_udf(),
+        pg::create_pg_total_relation_size_udf(),
+        pg::create_pg_stat_get_numscans(),
+        pg::create_pg_get_constraintdef(),
+        pg::create_pg_get_partition_ancestors_udf(),
+        pg::quote_ident_udf::create_quote_ident_udf(),
+        pg::quote_ident_udf::create_parse_ident_udf(),
+        pg::array_bounds_udf::create_array_upper_udf(),
+        pg::array_bounds_udf::create_array_lower_udf(),
+    ] {
+        ctx.register_udf(udf);
+    }
+    ctx.register_udtf("pg_get_keywords", tables.pg_get_keywords.clone());
+    pg::generate_series_arg_coercion::CoerceIntArgsToBigInt::widen(&ctx);
+    // Ours that do not depend on the session (they replace the crate's where names meet).
+    for udf in shared_functions() {
+        ctx.register_udf(udf);
+    }
+    Ok(ctx.state())
+}
+
+/// The session's catalog as `pg_catalog` reads it. It holds the session catalog weakly: the
+/// session catalog holds `pg_catalog`, and a strong reference back would keep every closed
+/// session alive.
+#[derive(Debug, Clone)]
+struct SessionCatalogInfo {
+    database: String,
+    catalog: Weak<SessionCatalog>,
+}
+
+impl SessionCatalogInfo {
+    fn catalog(&self, name: &str) -> Option<Arc<SessionCatalog>> {
+        (name == self.database)
+            .then(|| self.catalog.upgrade())
+            .flatten()
+    }
+}
+
+#[async_trait]
+impl CatalogInfo for SessionCatalogInfo {
+    async fn catalog_names(&self) -> DfResult<Vec<String>> {
+        Ok(vec![self.database.clone()])
+    }
+
+    async fn schema_names(&self, catalog_name: &str) -> DfResult<Option<Vec<String>>> {
+        Ok(self.catalog(catalog_name).map(|c| c.schema_names()))
+    }
+
+    async fn table_names(
+        &self,
+        catalog_name: &str,
+        schema_name: &str,
+    ) -> DfResult<Option<Vec<String>>> {
+        Ok(self
+            .catalog(catalog_name)
+            .and_then(|c| c.schema(schema_name))
+            .map(|s| s.table_names()))
+    }
+
+    async fn table_schema(
+        &self,
+        catalog_name: &str,
+        schema_name: &str,
+        table_name: &str,
+    ) -> DfResult<Option<SchemaRef>> {
+        let Some(schema) = self
+            .catalog(catalog_name)
+            .and_then(|c| c.schema(schema_name))
+        else {
+            return Ok(None);
+        };
+        Ok(schema.table(table_name).await?.map(|t| t.schema()))
+    }
+
+    async fn table_type(
+        &self,
+        catalog_name: &str,
+        schema_name: &str,
+        table_name: &str,
+    ) -> DfResult<Option<TableType>> {
+        let Some(schema) = self
+            .catalog(catalog_name)
+            .and_then(|c| c.schema(schema_name))
+        else {
+            return Ok(None);
+        };
+        schema.table_type(table_name).await
+    }
+}
+
+/// Table and column descriptions of every connection, by (schema, table): built once per
+/// version of the catalog and shared by sessions (each session maps them to its own oids, and
+/// sees only the oids of tables it was granted).
+pub type Descriptions = HashMap<(String, String), TableDescriptions>;
+
+/// Build [`Descriptions`] from the shared catalog.
+pub async fn build_descriptions(catalog: &joinery_engine::Catalog) -> DfResult<Descriptions> {
+    let mut by_name = HashMap::new();
+    for schema_name in catalog.schema_names() {
+        let Some(schema) = catalog.schema(&schema_name) else {
+            continue;
+        };
+        for t in schema.table_names() {
+            let Some(p) = schema.table(&t).await? else {
+                continue;
+            };
+            let s = p.schema();
+            let d = TableDescriptions {
+                table: meta::table_description(&s).map(str::to_string),
+                columns: s
+                    .fields()
+                    .iter()
+                    .map(|f| meta::column_description(f).map(str::to_string))
+                    .collect(),
+            };
+            if d.table.is_some() || d.columns.iter().any(Option::is_some) {
+                by_name.insert((schema_name.clone(), t), d);
+            }
+        }
+    }
+    Ok(by_name)
+}
+
+/// Install the session's `pg_catalog` and the functions that answer for this session.
+pub fn install(
     ctx: &SessionContext,
     view: &Arc<SessionCatalog>,
     info: SessionInfo,
+    descriptions: Arc<Descriptions>,
 ) -> DfResult<()> {
-    datafusion_pg_catalog::setup_pg_catalog(ctx, &info.database, EmptyContextProvider)
-        .map_err(|e| *e)?;
-    // Wrap pg_catalog so descriptions and oids are visible to our functions.
-    let index = Arc::new(DescriptionIndex::build(view).await?);
-    if let Some(inner) = view.schema("pg_catalog") {
-        view.register_schema(
-            "pg_catalog",
-            Arc::new(JoineryPgCatalog {
-                inner,
-                index: index.clone(),
-            }),
-        )?;
-    }
-    for udf in functions(&info, index) {
+    let catalog_info = SessionCatalogInfo {
+        database: info.database.clone(),
+        catalog: Arc::downgrade(view),
+    };
+    let pg_catalog = Arc::new(PgCatalogSchemaProvider::try_new(
+        catalog_info,
+        static_tables()?,
+        EmptyContextProvider,
+    )?);
+    // Wrapped so descriptions and oids are visible to our functions.
+    let index = Arc::new(DescriptionIndex::new(descriptions));
+    view.register_schema(
+        "pg_catalog",
+        Arc::new(JoineryPgCatalog {
+            inner: pg_catalog,
+            index: index.clone(),
+        }),
+    )?;
+    ctx.register_udf(
+        datafusion_pg_catalog::pg_catalog::create_current_database_udf(&info.database),
+    );
+    for udf in session_functions(&info, view, index) {
         ctx.register_udf(udf);
     }
     Ok(())
@@ -184,21 +351,23 @@ fn string_result(args: &[ColumnarValue], vals: Vec<Option<String>>) -> ColumnarV
     ColumnarValue::Array(Arc::new(StringArray::from(vals)) as ArrayRef)
 }
 
-fn functions(info: &SessionInfo, index: Arc<DescriptionIndex>) -> Vec<ScalarUDF> {
+/// Functions that answer for one session (its user, pid, settings, schemas, descriptions).
+fn session_functions(
+    info: &SessionInfo,
+    view: &Arc<SessionCatalog>,
+    index: Arc<DescriptionIndex>,
+) -> Vec<ScalarUDF> {
     let exact0 = || Signature::exact(vec![], Volatility::Stable);
     let user = info.user.clone();
     let user2 = info.user.clone();
     let pid = info.pid;
-    let settings = info.settings.clone();
     let settings2 = info.settings.clone();
     let settings3 = info.settings.clone();
     let settings4 = info.settings.clone();
+    let view1 = Arc::downgrade(view);
+    let view2 = Arc::downgrade(view);
     let idx2 = index.clone();
-    let version = version_string();
     vec![
-        udf("version", &[], exact0(), DataType::Utf8, move |_, _| {
-            Ok(utf8(Some(version.clone())))
-        }),
         udf(
             "session_user",
             &["current_user", "user", "current_role"],
@@ -229,15 +398,10 @@ fn functions(info: &SessionInfo, index: Arc<DescriptionIndex>) -> Vec<ScalarUDF>
             exact0(),
             DataType::Utf8,
             move |_, _| {
-                let s = settings
-                    .lock()
-                    .map_err(|_| DataFusionError::Internal("settings lock".into()))?;
-                Ok(utf8(Some(
-                    s.search_path()
-                        .into_iter()
-                        .next()
-                        .unwrap_or_else(|| "public".into()),
-                )))
+                let view = view1
+                    .upgrade()
+                    .ok_or_else(|| DataFusionError::Internal("session closed".into()))?;
+                Ok(utf8(view.current_schema()))
             },
         ),
         udf(
@@ -256,14 +420,20 @@ fn functions(info: &SessionInfo, index: Arc<DescriptionIndex>) -> Vec<ScalarUDF>
                             .map(|b| !b.is_empty() && b.value(0))
                     })
                     .unwrap_or(false);
-                let s = settings2
+                let path = settings2
                     .lock()
-                    .map_err(|_| DataFusionError::Internal("settings lock".into()))?;
+                    .map_err(|_| DataFusionError::Internal("settings lock".into()))?
+                    .search_path();
+                let view = view2
+                    .upgrade()
+                    .ok_or_else(|| DataFusionError::Internal("session closed".into()))?;
+                let visible = view.schema_names();
                 let mut names = Vec::new();
-                if implicit {
+                if implicit && !path.iter().any(|p| p == "pg_catalog") {
                     names.push("pg_catalog".to_string());
                 }
-                names.extend(s.search_path());
+                // Like PostgreSQL: only schemas that exist (and this user may use).
+                names.extend(path.into_iter().filter(|p| visible.contains(p)));
                 let values: Vec<Option<String>> = names.into_iter().map(Some).collect();
                 let mut b = arrow::array::ListBuilder::new(StringBuilder::new());
                 for _ in 0..rows.max(1) {
@@ -388,6 +558,17 @@ fn functions(info: &SessionInfo, index: Arc<DescriptionIndex>) -> Vec<ScalarUDF>
                 Ok(string_result(args, out))
             },
         ),
+    ]
+}
+
+/// Functions that are the same in every session.
+fn shared_functions() -> Vec<ScalarUDF> {
+    let exact0 = || Signature::exact(vec![], Volatility::Stable);
+    let version = version_string();
+    vec![
+        udf("version", &[], exact0(), DataType::Utf8, move |_, _| {
+            Ok(utf8(Some(version.clone())))
+        }),
         udf(
             "pg_size_pretty",
             &[],
@@ -630,7 +811,7 @@ fn size_pretty(bytes: i64) -> String {
 }
 
 #[derive(Debug, Default)]
-struct TableDescriptions {
+pub struct TableDescriptions {
     table: Option<String>,
     columns: Vec<Option<String>>,
 }
@@ -639,43 +820,17 @@ struct TableDescriptions {
 /// assigned to them (learned whenever `pg_class`/`pg_namespace` are scanned).
 #[derive(Debug, Default)]
 pub struct DescriptionIndex {
-    by_name: HashMap<(String, String), TableDescriptions>,
+    by_name: Arc<Descriptions>,
     rel: RwLock<HashMap<i64, (i64, String)>>,
     nsp: RwLock<HashMap<i64, String>>,
 }
 
 impl DescriptionIndex {
-    async fn build(view: &Arc<SessionCatalog>) -> DfResult<Self> {
-        let mut by_name = HashMap::new();
-        for schema_name in view.schema_names() {
-            if schema_name == "pg_catalog" || schema_name == "information_schema" {
-                continue;
-            }
-            let Some(schema) = view.schema(&schema_name) else {
-                continue;
-            };
-            for t in schema.table_names() {
-                let Some(p) = schema.table(&t).await? else {
-                    continue;
-                };
-                let s = p.schema();
-                let d = TableDescriptions {
-                    table: meta::table_description(&s).map(str::to_string),
-                    columns: s
-                        .fields()
-                        .iter()
-                        .map(|f| meta::column_description(f).map(str::to_string))
-                        .collect(),
-                };
-                if d.table.is_some() || d.columns.iter().any(Option::is_some) {
-                    by_name.insert((schema_name.clone(), t), d);
-                }
-            }
-        }
-        Ok(Self {
+    fn new(by_name: Arc<Descriptions>) -> Self {
+        Self {
             by_name,
             ..Default::default()
-        })
+        }
     }
 
     fn lookup(&self, oid: i64) -> Option<&TableDescriptions> {

@@ -59,6 +59,10 @@ pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
             "grants",
             Arc::new(crate::access::grants_table(config.server.access.clone())),
         );
+        catalog.add_system_table(
+            "policies",
+            Arc::new(crate::access::policies_table(config.server.access.clone())),
+        );
     }
     if let Some(sc) = &config.secrets {
         catalog.add_system_table(
@@ -71,7 +75,8 @@ pub async fn build(config: &Config) -> Result<Arc<Shared>, JoineryError> {
             .map_err(|e| JoineryError::config(format!("audit log {}: {e}", a.path.display())))?;
         catalog.set_audit(Arc::new(log));
     }
-    let factory = SessionFactory::new(catalog, config.server.engine.clone());
+    let mut factory = SessionFactory::new(catalog, config.server.engine.clone());
+    factory.customize(crate::pgcatalog::prepare_template)?;
     let shared = Shared::new(factory, config.server.clone());
     // Every connector call becomes an audit row naming the user and client of its statement.
     let weak = Arc::downgrade(&shared);

@@ -28,6 +28,8 @@ pub struct Session {
     pub prepared: Mutex<BTreeSet<String>>,
     /// The transaction status a simple query's statements left, for the wire layer to apply.
     pending_status: Mutex<Option<TransactionStatus>>,
+    /// The DataFusion options last pushed by [`Session::apply_settings`].
+    applied: Mutex<Vec<(String, String)>>,
 }
 
 impl Session {
@@ -51,6 +53,7 @@ impl Session {
             current: Mutex::new(CancellationToken::new()),
             prepared: Mutex::new(BTreeSet::new()),
             pending_status: Mutex::new(None),
+            applied: Mutex::new(Vec::new()),
         }
     }
 
@@ -100,7 +103,7 @@ impl Session {
         }
     }
 
-    /// Push settings that DataFusion itself uses (default schema, time zone) into its config.
+    /// Push settings that DataFusion itself uses (search path, time zone) into its config.
     /// Goes through DataFusion's own SET so config-dependent functions (`now()`) follow.
     pub async fn apply_settings(&self) -> Result<(), SqlError> {
         let (path, tz, joinery) = {
@@ -111,33 +114,42 @@ impl Session {
                 s.joinery_options(),
             )
         };
-        let schemas = {
-            use datafusion::catalog::CatalogProvider;
-            self.catalog.schema_names()
-        };
-        let default_schema = path
-            .into_iter()
-            .find(|p| schemas.contains(p))
-            .unwrap_or_else(|| joinery_engine::DEFAULT_SCHEMA.to_string());
+        // Bare names resolve through the session catalog's view of `search_path`.
+        self.catalog.set_search_path(path);
         let tz = if tz == "UTC" || tz == "Etc/UTC" {
             "+00:00".to_string()
         } else {
             tz
         };
-        let mut assignments = vec![
-            (
-                "datafusion.catalog.default_schema".to_string(),
-                default_schema,
-            ),
-            ("datafusion.execution.time_zone".to_string(), tz),
-        ];
+        let mut assignments = vec![("datafusion.execution.time_zone".to_string(), tz)];
         assignments.extend(joinery);
-        for (key, value) in assignments {
-            let sql = format!("SET {key} = '{}'", value.replace('\'', "''"));
-            self.ctx
-                .sql(&sql)
-                .await
+        // Most statements change nothing DataFusion reads: skip the work then.
+        if let Ok(mut applied) = self.applied.lock() {
+            if *applied == assignments {
+                return Ok(());
+            }
+            *applied = assignments.clone();
+        }
+        // What DataFusion's own SET does, without planning a statement: set the options, then
+        // let functions that depend on them (`now()` and the time zone) update.
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        for (key, value) in &assignments {
+            state
+                .config_mut()
+                .options_mut()
+                .set(key, value)
                 .map_err(|e| SqlError::new(SqlState::INVALID_PARAMETER_VALUE, e.to_string()))?;
+        }
+        let options = state.config().options().clone();
+        let updated: Vec<_> = state
+            .scalar_functions()
+            .values()
+            .filter_map(|udf| udf.inner().with_updated_config(&options).map(Arc::new))
+            .collect();
+        for udf in updated {
+            datafusion::execution::FunctionRegistry::register_udf(&mut *state, udf)
+                .map_err(|e| SqlError::new(SqlState::INTERNAL_ERROR, e.to_string()))?;
         }
         Ok(())
     }

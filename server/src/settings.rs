@@ -269,13 +269,14 @@ impl Settings {
             .collect()
     }
 
-    /// Schemas of `search_path`, in order, without `$user`.
+    /// Schemas of `search_path`, in order: unquoted names folded to lower case, quoted ones as
+    /// written, `$user` as the session user's name.
     pub fn search_path(&self) -> Vec<String> {
-        self.get("search_path")
-            .unwrap_or("")
-            .split(',')
-            .map(|s| s.trim().trim_matches('"').to_string())
-            .filter(|s| !s.is_empty() && s != "$user")
+        let user = self.get("session_authorization").unwrap_or("").to_string();
+        parse_search_path(self.get("search_path").unwrap_or(""))
+            .into_iter()
+            .map(|s| if s == "$user" { user.clone() } else { s })
+            .filter(|s| !s.is_empty())
             .collect()
     }
 
@@ -463,5 +464,88 @@ mod tests {
             changed,
             vec![("application_name".to_string(), String::new())]
         );
+    }
+}
+
+/// Split a `search_path` value into schema names: commas outside double quotes separate,
+/// quoted names keep their case (`""` is a quote), unquoted ones fold to lower case.
+pub fn parse_search_path(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut chars = value.chars().peekable();
+    let mut in_quotes = false;
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if in_quotes && chars.peek() == Some(&'"') => {
+                chars.next();
+                current.push('"');
+            }
+            '"' => {
+                in_quotes = !in_quotes;
+                quoted = true;
+            }
+            ',' if !in_quotes => {
+                out.push(finish_name(&current, quoted));
+                current.clear();
+                quoted = false;
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.trim().is_empty() || quoted {
+        out.push(finish_name(&current, quoted));
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+fn finish_name(raw: &str, quoted: bool) -> String {
+    if quoted {
+        raw.trim().to_string()
+    } else {
+        raw.trim().to_ascii_lowercase()
+    }
+}
+
+/// A schema name as `SHOW search_path` prints it: bare when it is a plain lower-case
+/// identifier, double-quoted otherwise (`$user` is always quoted, as PostgreSQL shows it).
+pub fn quote_schema_name(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+#[cfg(test)]
+mod search_path_tests {
+    use super::*;
+
+    #[test]
+    fn search_path_lists_fold_and_quote_like_postgres() {
+        assert_eq!(
+            parse_search_path("demo, \"MixedCase\", public"),
+            vec!["demo", "MixedCase", "public"]
+        );
+        assert_eq!(parse_search_path("DEMO,github"), vec!["demo", "github"]);
+        assert_eq!(
+            parse_search_path("\"$user\", public"),
+            vec!["$user", "public"]
+        );
+        assert_eq!(parse_search_path("\"a,b\", c"), vec!["a,b", "c"]);
+        assert_eq!(parse_search_path("\"say \"\"hi\"\"\""), vec!["say \"hi\""]);
+        assert_eq!(parse_search_path(""), Vec::<String>::new());
+        assert_eq!(quote_schema_name("demo"), "demo");
+        assert_eq!(quote_schema_name("Demo"), "\"Demo\"");
+        assert_eq!(quote_schema_name("$user"), "\"$user\"");
+        assert_eq!(quote_schema_name("my schema"), "\"my schema\"");
     }
 }
