@@ -165,6 +165,59 @@ pub async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Op
         .collect()
 }
 
+/// A PostgreSQL schema of its own for one test, dropped at the end.
+pub struct PgScratch {
+    pub client: tokio_postgres::Client,
+    pub schema: String,
+}
+
+impl PgScratch {
+    pub async fn new(tag: &str) -> Option<PgScratch> {
+        let url = pg_url();
+        let (client, conn) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok(c) => c,
+            Err(e) => {
+                skip("PostgreSQL warehouse tests", &format!("{url}: {e}"));
+                return None;
+            }
+        };
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let schema = format!("jit_{tag}_{}", std::process::id());
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
+            ))
+            .await
+            .expect("scratch schema");
+        Some(PgScratch { client, schema })
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let sql = sql.replace("$S", &self.schema);
+        self.client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub fn connection(&self, name: &str) -> String {
+        format!(
+            "[connections.{name}]\nkind = \"postgres\"\nurl = \"{}\"\nschemas = [\"{}\"]\npool_size = 4\n",
+            pg_url(),
+            self.schema
+        )
+    }
+
+    pub async fn drop(self) {
+        let _ = self
+            .client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .await;
+    }
+}
+
 /// The SQLSTATE of a failed statement.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()

@@ -47,6 +47,8 @@ pub struct Catalog {
     extra_system: RwLock<BTreeMap<String, Arc<dyn datafusion::catalog::TableProvider>>>,
     /// Moves whenever a connection is added or refreshed (plans made before are stale).
     version: AtomicU64,
+    /// Session views alive (one per open session).
+    live_views: AtomicU64,
 }
 
 fn poisoned<T>(_: T) -> JoineryError {
@@ -75,8 +77,15 @@ impl Catalog {
                 schemas: RwLock::new(schemas),
                 connections: RwLock::new(BTreeMap::new()),
                 version: AtomicU64::new(1),
+                live_views: AtomicU64::new(0),
             }
         })
+    }
+
+    /// How many session views of this catalog exist: one per open session. A closed session
+    /// must release its own (tests check it).
+    pub fn live_session_views(&self) -> u64 {
+        self.live_views.load(Ordering::SeqCst)
     }
 
     /// Changes whenever a connection's tables may have changed.
@@ -206,7 +215,7 @@ impl Catalog {
         source: Option<(Arc<dyn crate::grants::AccessSource>, String)>,
     ) -> Arc<SessionCatalog> {
         let version = source.as_ref().map(|(s, _)| s.version()).unwrap_or(0);
-        LIVE_SESSION_CATALOGS.fetch_add(1, Ordering::Relaxed);
+        self.live_views.fetch_add(1, Ordering::SeqCst);
         Arc::new(SessionCatalog {
             shared: self.clone(),
             local: RwLock::new(BTreeMap::new()),
@@ -215,15 +224,6 @@ impl Catalog {
             search_path: RwLock::new((vec![DEFAULT_SCHEMA.to_string()], 0)),
         })
     }
-}
-
-/// Session catalogs alive in this process (a closed session must not leave one behind).
-static LIVE_SESSION_CATALOGS: AtomicU64 = AtomicU64::new(0);
-
-/// How many [`SessionCatalog`]s exist right now: one per open session (tests check that
-/// closed sessions release theirs).
-pub fn live_session_catalogs() -> u64 {
-    LIVE_SESSION_CATALOGS.load(Ordering::Relaxed)
 }
 
 /// Row filters of one session, by schema and table: SQL predicates, ANDed.
@@ -282,7 +282,7 @@ pub struct SessionCatalog {
 
 impl Drop for SessionCatalog {
     fn drop(&mut self) {
-        LIVE_SESSION_CATALOGS.fetch_sub(1, Ordering::Relaxed);
+        self.shared.live_views.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -144,7 +144,7 @@ struct GrantedTable {
 
 impl GrantedTable {
     fn restrict(&self, batch: &RecordBatch) -> DfResult<RecordBatch> {
-        let text = |name: &str| -> DfResult<Option<StringArray>> {
+        let text = |batch: &RecordBatch, name: &str| -> DfResult<Option<StringArray>> {
             Ok(match batch.column_by_name(name) {
                 Some(c) => Some(
                     arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?
@@ -156,12 +156,12 @@ impl GrantedTable {
                 None => None,
             })
         };
-        let conn = text(self.column)?
+        let conn = text(batch, self.column)?
             .ok_or_else(|| DataFusionError::Internal(format!("no column {}", self.column)))?;
         let table = if self.hidden_calls.is_empty() {
             None
         } else {
-            text("table_name")?
+            text(batch, "table_name")?
         };
         let keep: BooleanArray = (0..batch.num_rows())
             .map(|i| {
@@ -171,11 +171,11 @@ impl GrantedTable {
                     (Some(g), Some(c)) => g.contains(c),
                     (Some(_), None) => false,
                 };
+                // A warehouse call is a statement over any of its tables (no table name).
                 let hidden = match (&table, c) {
-                    (Some(t), Some(c)) if t.is_valid(i) => self
-                        .hidden_calls
-                        .iter()
-                        .any(|(hc, ht)| hc == c && ht == t.value(i)),
+                    (Some(t), Some(c)) => self.hidden_calls.iter().any(|(hc, ht)| {
+                        hc == c && (!t.is_valid(i) || t.value(i).is_empty() || ht == t.value(i))
+                    }),
                     _ => false,
                 };
                 Some(granted && !hidden)
@@ -188,7 +188,7 @@ impl GrantedTable {
                 kept.columns().to_vec(),
             )?);
         }
-        let conn = text(self.column)?
+        let conn = text(&kept, self.column)?
             .ok_or_else(|| DataFusionError::Internal(format!("no column {}", self.column)))?;
         let hide: BooleanArray = (0..kept.num_rows())
             .map(|i| Some(conn.is_valid(i) && self.volume_hidden_for.contains(conn.value(i))))

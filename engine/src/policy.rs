@@ -106,7 +106,7 @@ impl SchemaProvider for RowFilteredSchema {
         match self.filters.get(name) {
             Some(predicates) => Ok(Some(Arc::new(RowFilteredTable::try_new(
                 table,
-                TableReference::partial(self.schema.as_str(), name),
+                filtered_scan_name(&self.schema, name),
                 predicates,
             )?))),
             None => Ok(Some(table)),
@@ -116,6 +116,17 @@ impl SchemaProvider for RowFilteredSchema {
     fn table_exist(&self, name: &str) -> bool {
         self.inner.table_exist(name)
     }
+}
+
+/// The catalog part of the name a row-filtered table's own scan carries. Inlining puts the
+/// scan under an alias named as the user wrote the table; the scan's name must differ from any
+/// such spelling (a federated plan renames columns by their table's name), and no database
+/// can be called this.
+pub const ROW_FILTER_CATALOG: &str = "$row_filter";
+
+/// The name of a row-filtered table's own scan: `$row_filter.schema.table`.
+pub fn filtered_scan_name(schema: &str, table: &str) -> TableReference {
+    TableReference::full(ROW_FILTER_CATALOG, schema, table)
 }
 
 /// A table read through a row filter: a view-like provider whose plan is the filter over the

@@ -4,7 +4,8 @@
 //! are of rows the filter removes (a scan that fetched 50 customers before keeping 9), which
 //! would tell the user what the filter hides. For such statements the plan is run and printed
 //! here instead, with the metrics of every operator that may have seen unfiltered rows (a
-//! source and everything between it and the first filter above it) shown as hidden.
+//! source, everything between it and the first filter above it, and that filter, whose
+//! selectivity counts its input) shown as hidden.
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,9 +22,9 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use joinery_engine::catalog::SessionCatalog;
 
-/// Whether `plan` reads a table this session sees through a row filter. The filtered tables'
-/// scans carry the names the session catalog gave them (`schema.table`), not what the user
-/// wrote.
+/// Whether `plan` reads a table this session sees through a row filter: the filtered tables'
+/// own scans carry the name the session catalog gave them (`$row_filter.schema.table`), never
+/// what the user wrote.
 pub fn reads_row_filtered(catalog: &SessionCatalog, plan: &LogicalPlan) -> bool {
     if !catalog.has_row_filters() {
         return false;
@@ -31,8 +32,7 @@ pub fn reads_row_filtered(catalog: &SessionCatalog, plan: &LogicalPlan) -> bool 
     let mut found = false;
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
-            && let Some(schema) = scan.table_name.schema()
-            && catalog.is_row_filtered(schema, scan.table_name.table())
+            && scan.table_name.catalog() == Some(joinery_engine::policy::ROW_FILTER_CATALOG)
         {
             found = true;
             return Ok(TreeNodeRecursion::Stop);
@@ -69,7 +69,11 @@ fn render(plan: &Arc<dyn ExecutionPlan>, depth: usize, out: &mut String) {
         NodeLine(plan.as_ref()),
         indent = depth * 2
     );
-    if sees_unfiltered(plan) {
+    // A filter's own metrics include its selectivity (rows in, rows out): hidden too when
+    // its input saw unfiltered rows.
+    let hide = sees_unfiltered(plan)
+        || (plan.is::<FilterExec>() && plan.children().into_iter().any(sees_unfiltered));
+    if hide {
         out.push_str(", metrics=[hidden: below a row filter]");
     } else if let Some(m) = plan.metrics() {
         let m = m

@@ -148,6 +148,7 @@ impl Shared {
         database: &str,
         addr: SocketAddr,
         startup: &BTreeMap<String, String>,
+        gone: CancellationToken,
     ) -> Result<Arc<Session>, SqlError> {
         // The session's catalog answers to the database name the client asked for.
         let (ctx, view) = self
@@ -179,6 +180,7 @@ impl Shared {
             ctx,
             view,
             settings,
+            gone,
         ));
         session.apply_settings().await?;
         Ok(session)
@@ -255,6 +257,15 @@ impl Shared {
         }));
     }
 
+    /// Sessions still alive: open connections, plus any a closed connection failed to
+    /// release (which must never happen; tests check it).
+    pub fn live_sessions(&self) -> usize {
+        self.sessions
+            .lock()
+            .map(|s| s.values().filter(|(_, w)| w.strong_count() > 0).count())
+            .unwrap_or(0)
+    }
+
     /// A new statement id (what `joinery.api_calls.query_id` refers to).
     pub fn next_query_id(&self) -> u64 {
         self.next_query.fetch_add(1, Ordering::Relaxed)
@@ -268,11 +279,13 @@ impl Shared {
 /// The handler set for one connection.
 pub struct Handlers {
     shared: Arc<Shared>,
+    /// Cancelled when the client's socket closes, even in the middle of a statement.
+    gone: CancellationToken,
 }
 
 impl Handlers {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(shared: Arc<Shared>, gone: CancellationToken) -> Self {
+        Self { shared, gone }
     }
 }
 
@@ -307,6 +320,7 @@ impl PgWireServerHandlers for Handlers {
         }
         Arc::new(Startup {
             shared: self.shared.clone(),
+            gone: self.gone.clone(),
             scram,
             sasl: tokio::sync::Mutex::new(SASLState::Initial),
             startup: Mutex::new(None),
@@ -345,6 +359,7 @@ impl ServerParameterProvider for Params {
 
 struct Startup {
     shared: Arc<Shared>,
+    gone: CancellationToken,
     scram: ScramAuth,
     sasl: tokio::sync::Mutex<SASLState>,
     /// The startup parameters, kept while the SCRAM exchange runs.
@@ -369,7 +384,7 @@ impl Startup {
             .cloned()
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| user.clone());
-        if database.len() > 63 || database.contains(['.', '"', '\0']) {
+        if database.len() > 63 || database.contains(['.', '"', '\0']) || database.starts_with('$') {
             return Err(fatal(
                 SqlState("3D000"),
                 format!("database \"{database}\" does not exist"),
@@ -380,7 +395,14 @@ impl Startup {
         client.set_pid_and_secret_key(pid, secret.clone());
         let session = self
             .shared
-            .open_session(pid, &user, &database, client.socket_addr(), parameters)
+            .open_session(
+                pid,
+                &user,
+                &database,
+                client.socket_addr(),
+                parameters,
+                self.gone.clone(),
+            )
             .await
             .map_err(|e| fatal(e.state, e.message))?;
         self.shared.register(pid, &secret, &session);
@@ -1670,7 +1692,7 @@ impl QueryHandler {
                 // The predicate must fit the table for any reader.
                 joinery_engine::policy::RowFilteredTable::try_new(
                     provider,
-                    datafusion::common::TableReference::partial(schema.as_str(), table.as_str()),
+                    joinery_engine::policy::filtered_scan_name(schema, table),
                     &[crate::config::with_current_user(filter, &session.user)],
                 )
                 .map_err(|e| from_datafusion(&e))?;

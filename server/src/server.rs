@@ -103,6 +103,33 @@ fn tls_acceptor(shared: &Shared) -> std::io::Result<Option<pgwire::tokio::TlsAcc
     Ok(Some(acceptor))
 }
 
+/// The accepted socket and a second handle on it (a dup of the descriptor) that only watches
+/// for the client closing: the protocol loop does not read while a statement runs, so without
+/// it a client that disconnects mid-statement would leave the statement running.
+fn with_probe(
+    socket: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, Option<tokio::net::TcpStream>)> {
+    let std = socket.into_std()?;
+    let probe = std.try_clone().ok();
+    let socket = tokio::net::TcpStream::from_std(std)?;
+    let probe = probe.and_then(|p| tokio::net::TcpStream::from_std(p).ok());
+    Ok((socket, probe))
+}
+
+/// Cancel `gone` once the peer has closed its end. Returns then, and never before: while
+/// bytes wait for the protocol loop (the next pipelined message) it looks again a little later.
+async fn watch_close(probe: tokio::net::TcpStream, gone: CancellationToken) {
+    loop {
+        match probe.ready(tokio::io::Interest::READABLE).await {
+            Ok(r) if r.is_read_closed() => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => break,
+        }
+    }
+    gone.cancel();
+    std::future::pending::<()>().await
+}
+
 /// A server accepting connections in the background.
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -139,15 +166,38 @@ impl RunningServer {
                     accepted = listener.accept() => match accepted {
                         Ok((socket, peer)) => {
                             let _ = socket.set_nodelay(true);
+                            let (socket, probe) = match with_probe(socket) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    log_connection_error(peer, &e);
+                                    continue;
+                                }
+                            };
                             shared.active_connections.fetch_add(1, Ordering::Relaxed);
                             shared.metrics().client_connections.inc();
                             shared.metrics().client_connections_total.inc();
                             let slot = ConnectionSlot(shared.clone());
-                            let handlers = Arc::new(Handlers::new(shared.clone()));
+                            let gone = CancellationToken::new();
+                            let handlers = Arc::new(Handlers::new(shared.clone(), gone.clone()));
                             let tls = tls.clone();
                             conns.spawn(async move {
                                 let _slot = slot;
-                                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                                let serve = pgwire::tokio::process_socket(socket, tls, handlers);
+                                let result = match probe {
+                                    Some(probe) => {
+                                        let watch = watch_close(probe, gone.clone());
+                                        tokio::pin!(serve, watch);
+                                        loop {
+                                            tokio::select! {
+                                                r = &mut serve => break r,
+                                                () = &mut watch => {}
+                                            }
+                                        }
+                                    }
+                                    None => serve.await,
+                                };
+                                gone.cancel();
+                                if let Err(e) = result {
                                     log_connection_error(peer, &e);
                                 }
                             });
@@ -217,6 +267,7 @@ pub async fn run_local(
             &database,
             addr,
             &Default::default(),
+            CancellationToken::new(),
         )
         .await?;
     let mut results = Vec::new();

@@ -24,6 +24,8 @@ pub struct Session {
     /// Parent of every running statement's token: a CancelRequest cancels it (so all
     /// statements of a multi-statement query and any open portal stop), then installs a fresh one.
     current: Mutex<CancellationToken>,
+    /// Cancelled when the client goes away: stops whatever the session is running.
+    gone: CancellationToken,
     /// Names of prepared statements, for DEALLOCATE ALL / DISCARD ALL.
     pub prepared: Mutex<BTreeSet<String>>,
     /// The transaction status a simple query's statements left, for the wire layer to apply.
@@ -41,6 +43,7 @@ impl Session {
         ctx: SessionContext,
         catalog: Arc<SessionCatalog>,
         settings: Arc<Mutex<Settings>>,
+        gone: CancellationToken,
     ) -> Self {
         Self {
             pid,
@@ -50,7 +53,8 @@ impl Session {
             ctx,
             catalog,
             settings,
-            current: Mutex::new(CancellationToken::new()),
+            current: Mutex::new(gone.child_token()),
+            gone,
             prepared: Mutex::new(BTreeSet::new()),
             pending_status: Mutex::new(None),
             applied: Mutex::new(Vec::new()),
@@ -77,7 +81,7 @@ impl Session {
     pub fn begin_statement(&self) -> CancellationToken {
         match self.current.lock() {
             Ok(cur) => cur.child_token(),
-            Err(_) => CancellationToken::new(),
+            Err(_) => self.gone.child_token(),
         }
     }
 
@@ -99,7 +103,7 @@ impl Session {
     pub fn cancel(&self) {
         if let Ok(mut cur) = self.current.lock() {
             cur.cancel();
-            *cur = CancellationToken::new();
+            *cur = self.gone.child_token();
         }
     }
 

@@ -1,5 +1,6 @@
 //! End-to-end tests over a real socket. One binary (links DataFusion once).
 
+mod access;
 mod cancel;
 mod catalog;
 mod clients;
@@ -14,6 +15,7 @@ mod rate_limits;
 mod rest;
 mod salesforce;
 mod security;
+mod sessions;
 mod slack;
 mod slt;
 mod stripe;

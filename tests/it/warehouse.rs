@@ -6,61 +6,8 @@
 use std::time::Duration;
 
 use joinery_engine::rest::fake::{FakeApi, Style};
-use joinery_tests::{TestServer, pg_url, skip, text_rows};
+use joinery_tests::{PgScratch, TestServer, skip, text_rows};
 use serde_json::json;
-
-/// A PostgreSQL schema of its own for one test, dropped at the end.
-struct PgScratch {
-    client: tokio_postgres::Client,
-    schema: String,
-}
-
-impl PgScratch {
-    async fn new(tag: &str) -> Option<PgScratch> {
-        let url = pg_url();
-        let (client, conn) = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok(c) => c,
-            Err(e) => {
-                skip("PostgreSQL warehouse tests", &format!("{url}: {e}"));
-                return None;
-            }
-        };
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let schema = format!("jit_{tag}_{}", std::process::id());
-        client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
-            ))
-            .await
-            .expect("scratch schema");
-        Some(PgScratch { client, schema })
-    }
-
-    async fn exec(&self, sql: &str) {
-        let sql = sql.replace("$S", &self.schema);
-        self.client
-            .batch_execute(&sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
-    fn connection(&self, name: &str) -> String {
-        format!(
-            "[connections.{name}]\nkind = \"postgres\"\nurl = \"{}\"\nschemas = [\"{}\"]\npool_size = 4\n",
-            pg_url(),
-            self.schema
-        )
-    }
-
-    async fn drop(self) {
-        let _ = self
-            .client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-            .await;
-    }
-}
 
 fn server_section() -> &'static str {
     "[server]\nlisten = \"127.0.0.1:0\"\nstatement_timeout = \"120s\"\n"
