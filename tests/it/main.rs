@@ -13,6 +13,7 @@ mod pagerduty;
 mod rate_limits;
 mod rest;
 mod salesforce;
+mod scram;
 mod security;
 mod slack;
 mod slt;
