@@ -86,7 +86,7 @@ impl DbOptions {
         };
         let tls = match spec.str_option("tls")? {
             None => {
-                if is_loopback_url(&url) {
+                if is_loopback_url(&spec.kind, &url) {
                     TlsMode::Disable
                 } else {
                     TlsMode::VerifyFull
@@ -119,17 +119,55 @@ impl DbOptions {
     }
 }
 
-/// Whether the URL points at this machine (then TLS defaults to off, as libpq's `prefer`
-/// would find no certificate to check anyway).
-fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    let host_part = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host_part.rsplit('@').next().unwrap_or("");
-    let host = host.trim_start_matches('[');
-    host.starts_with("127.")
-        || host.starts_with("localhost")
-        || host.starts_with("::1")
-        || host.is_empty()
+/// Whether every host the URL names is this machine (then TLS defaults to off, as libpq's
+/// `prefer` would find no certificate to check anyway). The hosts come from the driver's own
+/// parser, so what is checked is what will be connected to: a PostgreSQL URL's hosts (several,
+/// `?host=` and `?hostaddr=` included) and a MySQL URL's host or `?socket=`. Local means a
+/// Unix socket, an IP literal in 127.0.0.0/8, `::1` or `::ffff:127.x.x.x`, or exactly
+/// `localhost`: a name that merely starts like one (`localhost.example.com`, `127.example.com`)
+/// is remote, and so is a URL the driver cannot parse.
+fn is_loopback_url(kind: &str, url: &str) -> bool {
+    if kind == "mysql" {
+        let Ok(opts) = mysql_async::Opts::from_url(url) else {
+            return false;
+        };
+        // A socket path is used instead of TCP whenever it is given.
+        return opts.socket().is_some() || is_loopback_host(opts.ip_or_hostname());
+    }
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return false;
+    };
+    let hosts = config.get_hosts();
+    let addrs = config.get_hostaddrs();
+    if hosts.is_empty() && addrs.is_empty() {
+        return false;
+    }
+    hosts.iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => is_loopback_host(name),
+        tokio_postgres::config::Host::Unix(_) => true,
+    }) && addrs.iter().all(is_loopback_ip)
+}
+
+/// `localhost` or a loopback IP literal (IPv6 with or without brackets).
+fn is_loopback_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| is_loopback_ip(&ip))
+}
+
+fn is_loopback_ip(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(a) => a.is_loopback(),
+        std::net::IpAddr::V6(a) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
+        }
+    }
 }
 
 /// A rustls client config for `mode` (never called for `Disable`).
@@ -347,13 +385,53 @@ mod tests {
 
     #[test]
     fn loopback_detection() {
-        assert!(is_loopback_url("postgres://u:p@127.0.0.1:5432/test"));
-        assert!(is_loopback_url("postgres://localhost/test"));
-        assert!(is_loopback_url("mysql://root@[::1]:3306/test"));
-        assert!(!is_loopback_url("postgres://u@db.example.com/test"));
-        assert!(!is_loopback_url(
-            "postgres://u:127.0.0.1@db.example.com/test"
+        let pg = |u: &str| is_loopback_url("postgres", u);
+        let my = |u: &str| is_loopback_url("mysql", u);
+        // Local: loopback literals, exactly `localhost`, Unix sockets.
+        assert!(pg("postgres://u:p@127.0.0.1:5432/test"));
+        assert!(pg("postgres://127.8.9.10/test"));
+        assert!(pg("postgres://localhost/test"));
+        assert!(pg("postgresql://LOCALHOST/test"));
+        assert!(pg("postgres://[::1]:5432/test"));
+        assert!(pg("postgres://[::ffff:127.0.0.1]/test"));
+        assert!(pg("postgres://u@/test?host=/var/run/postgresql"));
+        assert!(pg("host=/var/run/postgresql dbname=test"));
+        assert!(pg("postgres://localhost,127.0.0.1:5433/test"));
+        assert!(my("mysql://root@127.0.0.1:3306/test"));
+        assert!(my("mysql://root@[::1]:3306/test"));
+        assert!(my("mysql://root@LOCALHOST/test"));
+        assert!(my("mysql://root@[::ffff:127.0.0.1]/test"));
+        assert!(my(
+            "mysql://root@db.example.com/test?socket=%2Frun%2Fmysqld%2Fmysqld.sock"
         ));
+        // Remote: names that only start like loopback ones.
+        assert!(!pg("postgres://u@db.example.com/test"));
+        assert!(!pg("postgres://u@localhost.evil.com/test"));
+        assert!(!pg("postgres://u@127.evil.com/test"));
+        assert!(!pg("postgres://u@127.0.0.1.nip.io/test"));
+        assert!(!pg("postgres://u@[::ffff:10.0.0.1]/test"));
+        assert!(!my("mysql://root@localhost.evil.com/test"));
+        assert!(!my("mysql://root@127.evil.com/test"));
+        assert!(!my("mysql://root@127.0.0.1.nip.io/test"));
+        // The password or user name may look like a host; the host is what counts.
+        assert!(!pg("postgres://u:127.0.0.1@db.example.com/test"));
+        assert!(!pg("postgres://u%40127.0.0.1@db.example.com/test"));
+        assert!(!pg("postgres://u@127.0.0.1@db.example.com/test"));
+        assert!(!my("mysql://u@127.0.0.1@db.example.com/test"));
+        assert!(!pg("postgres://u:p%40127.0.0.1@db.example.com/test"));
+        assert!(!my("mysql://u:p%40127.0.0.1@db.example.com/test"));
+        // Query parameters add hosts, and every host must be local.
+        assert!(!pg("postgres://127.0.0.1/test?host=db.example.com"));
+        assert!(!pg("postgres:///test?host=db.example.com"));
+        assert!(!pg("postgres://127.0.0.1,db.example.com/test"));
+        assert!(!pg("host=127.0.0.1,db.example.com dbname=test"));
+        assert!(!pg("postgres://localhost/test?hostaddr=10.1.2.3"));
+        // No host at all, or a URL the driver cannot parse: not local.
+        assert!(!pg("postgres:///test"));
+        assert!(!pg("postgres://[::1/test"));
+        assert!(!pg("not a url at all ="));
+        assert!(!my("mysql://[::1/test"));
+        assert!(!my("not a url"));
     }
 
     #[test]

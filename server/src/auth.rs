@@ -2,9 +2,12 @@
 //! loopback clients, failed logins counted per user and address (a lockout after repeated
 //! failures), and TLS from a certificate and key in config.
 //!
-//! A verifier is `SCRAM-SHA-256$<iterations>:<salt>$<salted password>` (base64), printed by
-//! `joinery password`. The salted password is PBKDF2-HMAC-SHA-256 of the password: the file never
-//! holds a password, but a verifier lets a SCRAM client log in, so keep the config private.
+//! A verifier is `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (base64), printed
+//! by `joinery password`, the same form PostgreSQL keeps in `pg_authid.rolpassword` (so its
+//! users can be moved over as they are). It lets the server check a login, but no client can
+//! log in with it: the SCRAM proof needs the client key, of which the verifier holds only a
+//! hash (see [`crate::scram`]). It still allows guessing passwords offline, at the cost of
+//! PBKDF2 with its iteration count per guess, so keep the config private all the same.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -12,15 +15,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use pgwire::api::auth::sasl::scram::gen_salted_password;
-use pgwire::api::auth::{AuthSource, LoginInfo, Password};
-use pgwire::error::PgWireResult;
+use crate::scram::Verifier;
 
-/// Iterations of new verifiers (PostgreSQL's default).
-pub const SCRAM_ITERATIONS: usize = 4096;
+/// Iterations of new verifiers (PostgreSQL's default), and the fewest a verifier may have.
+pub const SCRAM_ITERATIONS: u32 = crate::scram::ITERATIONS;
 
 /// Failed logins per user and address before further attempts are refused for a while.
 pub const MAX_FAILURES: u32 = 5;
@@ -40,8 +38,8 @@ pub enum AuthMethod {
 /// One `[users.<name>]` entry.
 #[derive(Debug, Clone, Default)]
 pub struct UserConfig {
-    /// Parsed verifier: (salt, salted password).
-    pub verifier: Option<(Vec<u8>, Vec<u8>)>,
+    /// Parsed SCRAM verifier (its keys are wiped from memory when dropped).
+    pub verifier: Option<Verifier>,
     /// Platform admin: may manage secrets and read the audit log.
     pub admin: bool,
     /// Connections this user may see and query (`None`: all of them).
@@ -54,36 +52,15 @@ pub struct UserConfig {
     pub credential_secrets: BTreeMap<String, String>,
 }
 
-/// A verifier for `password` with a fresh random salt.
+/// A verifier for `password` with a fresh random salt, as config takes it.
 pub fn make_verifier(password: &str) -> String {
-    let salt: [u8; 16] = rand::random();
-    let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
-    format!(
-        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}",
-        STANDARD.encode(salt),
-        STANDARD.encode(salted)
-    )
+    Verifier::generate(password).to_string()
 }
 
-/// Parse `SCRAM-SHA-256$<iterations>:<salt>$<salted password>`.
-pub fn parse_verifier(v: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let bad = || {
-        "expected a verifier printed by `joinery password` (SCRAM-SHA-256$4096:<salt>$<key>); plain passwords are not accepted".to_string()
-    };
-    let rest = v.strip_prefix("SCRAM-SHA-256$").ok_or_else(bad)?;
-    let (params, key) = rest.split_once('$').ok_or_else(bad)?;
-    let (iters, salt) = params.split_once(':').ok_or_else(bad)?;
-    if iters.parse::<usize>().ok() != Some(SCRAM_ITERATIONS) {
-        return Err(format!(
-            "verifier iterations must be {SCRAM_ITERATIONS} (make a new one with `joinery password`)"
-        ));
-    }
-    let salt = STANDARD.decode(salt).map_err(|_| bad())?;
-    let key = STANDARD.decode(key).map_err(|_| bad())?;
-    if salt.is_empty() || key.len() != 32 {
-        return Err(bad());
-    }
-    Ok((salt, key))
+/// Parse `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`; the old
+/// `<salt>$<salted password>` form is refused with how to make a new one.
+pub fn parse_verifier(v: &str) -> Result<Verifier, String> {
+    Verifier::parse(v)
 }
 
 pub fn is_loopback(addr: &SocketAddr) -> bool {
@@ -93,26 +70,36 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
     }
 }
 
-/// The users' verifiers, as pgwire's SCRAM exchange asks for them. An unknown user gets a
-/// random verifier, so the exchange fails exactly like a wrong password (no user enumeration).
-#[derive(Debug)]
-pub struct Verifiers(pub Arc<BTreeMap<String, UserConfig>>);
+/// The users' verifiers for the SCRAM exchange. An unknown user gets a mock verifier (a salt
+/// that is stable per name, keys nothing matches), so the exchange fails exactly like a wrong
+/// password (no user enumeration).
+pub struct Verifiers {
+    users: Arc<BTreeMap<String, UserConfig>>,
+    mock_key: zeroize::Zeroizing<[u8; 32]>,
+}
 
-#[async_trait]
-impl AuthSource for Verifiers {
-    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        let known = login
-            .user()
-            .and_then(|u| self.0.get(u))
-            .and_then(|u| u.verifier.clone());
-        Ok(match known {
-            Some((salt, key)) => Password::new(Some(salt), key),
-            None => {
-                let salt: [u8; 16] = rand::random();
-                let key: [u8; 32] = rand::random();
-                Password::new(Some(salt.to_vec()), key.to_vec())
-            }
-        })
+impl std::fmt::Debug for Verifiers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifiers")
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifiers {
+    pub fn new(users: Arc<BTreeMap<String, UserConfig>>) -> Self {
+        Verifiers {
+            users,
+            mock_key: zeroize::Zeroizing::new(rand::random()),
+        }
+    }
+
+    /// The verifier to check `user`'s login against (a mock one for an unknown user).
+    pub fn get(&self, user: &str) -> Verifier {
+        self.users
+            .get(user)
+            .and_then(|u| u.verifier.clone())
+            .unwrap_or_else(|| Verifier::mock(user, &self.mock_key[..]))
     }
 }
 
@@ -157,8 +144,13 @@ impl LoginLimiter {
     }
 }
 
-/// TLS from PEM files: the acceptor, and the certificate (for SCRAM channel binding).
-pub fn load_tls(cert: &Path, key: &Path) -> Result<(pgwire::tokio::TlsAcceptor, Vec<u8>), String> {
+/// TLS from PEM files: the acceptor, and the hash of the (first) certificate that
+/// SCRAM-SHA-256-PLUS binds to (`None` when its signature algorithm has none, e.g. Ed25519:
+/// then only SCRAM-SHA-256 is offered).
+pub fn load_tls(
+    cert: &Path,
+    key: &Path,
+) -> Result<(pgwire::tokio::TlsAcceptor, Option<Vec<u8>>), String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let pem = std::fs::read(cert)
@@ -172,6 +164,7 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<(pgwire::tokio::TlsAcceptor, 
             cert.display()
         ));
     }
+    let end_point = crate::scram::tls_server_end_point(&certs[0]);
     let key_der =
         PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -181,7 +174,10 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<(pgwire::tokio::TlsAcceptor, 
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
         .map_err(|e| format!("TLS certificate and key: {e}"))?;
-    Ok((pgwire::tokio::TlsAcceptor::from(Arc::new(config)), pem))
+    Ok((
+        pgwire::tokio::TlsAcceptor::from(Arc::new(config)),
+        end_point,
+    ))
 }
 
 #[cfg(test)]
@@ -191,12 +187,32 @@ mod tests {
     #[test]
     fn verifiers_round_trip_and_plain_passwords_are_refused() {
         let v = make_verifier("s3cret");
-        let (salt, key) = parse_verifier(&v).expect("parses");
-        assert_eq!(key, gen_salted_password("s3cret", &salt, SCRAM_ITERATIONS));
+        let parsed = parse_verifier(&v).expect("parses");
+        assert_eq!(parsed.to_string(), v);
+        assert_eq!(
+            Verifier::from_password("s3cret", parsed.salt(), SCRAM_ITERATIONS).to_string(),
+            v
+        );
         assert!(!v.contains("s3cret"));
         assert!(parse_verifier("s3cret").is_err());
         assert!(parse_verifier("SCRAM-SHA-256$1:AAAA$BBBB").is_err());
         assert_ne!(make_verifier("s3cret"), v, "fresh salt each time");
+    }
+
+    #[test]
+    fn unknown_users_get_a_mock_verifier_with_a_stable_salt() {
+        let mut users = BTreeMap::new();
+        users.insert(
+            "alice".to_string(),
+            UserConfig {
+                verifier: Some(Verifier::generate("pw")),
+                ..Default::default()
+            },
+        );
+        let v = Verifiers::new(Arc::new(users));
+        assert_eq!(v.get("alice").to_string(), v.get("alice").to_string());
+        assert_eq!(v.get("mallory").salt(), v.get("mallory").salt());
+        assert_ne!(v.get("mallory").salt(), v.get("alice").salt());
     }
 
     #[test]

@@ -29,8 +29,6 @@ use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{Sink, SinkExt, Stream, StreamExt, stream};
 use joinery_engine::SessionFactory;
 use pgwire::api::PgWireConnectionState;
-use pgwire::api::auth::sasl::scram::ScramAuth;
-use pgwire::api::auth::sasl::{SASLState, SCRAM_SHA_256_METHOD, SCRAM_SHA_256_PLUS_METHOD};
 use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
@@ -58,7 +56,7 @@ use pgwire::messages::response::EmptyQueryResponse;
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::simplequery::Query;
-use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
+use pgwire::messages::startup::Authentication;
 use pgwire::messages::startup::{ParameterStatus, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio_util::sync::CancellationToken;
@@ -86,10 +84,13 @@ pub struct Shared {
     next_query: std::sync::atomic::AtomicU64,
     pub active_connections: AtomicUsize,
     pub logins: crate::auth::LoginLimiter,
+    /// The users' SCRAM verifiers (mock ones for unknown users).
+    pub verifiers: crate::auth::Verifiers,
     /// Running statements: query id -> (user, client address), for audit rows of their calls.
     running: Mutex<HashMap<u64, (String, SocketAddr)>>,
-    /// The TLS certificate (PEM) when TLS is on: SCRAM-SHA-256-PLUS binds to it.
-    pub tls_cert_pem: Mutex<Option<Vec<u8>>>,
+    /// The TLS certificate's `tls-server-end-point` hash when TLS is on and the certificate has
+    /// one: SCRAM-SHA-256-PLUS binds to it.
+    pub tls_end_point: Mutex<Option<Arc<[u8]>>>,
     /// Table and column descriptions for `pg_description`, shared by sessions, with the
     /// catalog version they were read at.
     descriptions: tokio::sync::Mutex<(u64, Arc<pgcatalog::Descriptions>)>,
@@ -97,6 +98,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(factory: SessionFactory, config: ServerConfig) -> Arc<Self> {
+        let verifiers = crate::auth::Verifiers::new(config.users.clone());
         Arc::new(Self {
             factory,
             config,
@@ -106,8 +108,9 @@ impl Shared {
             next_query: std::sync::atomic::AtomicU64::new(1),
             active_connections: AtomicUsize::new(0),
             logins: Default::default(),
+            verifiers,
             running: Mutex::new(HashMap::new()),
-            tls_cert_pem: Mutex::new(None),
+            tls_end_point: Mutex::new(None),
             descriptions: tokio::sync::Mutex::new((0, Arc::default())),
         })
     }
@@ -177,8 +180,7 @@ impl Shared {
             user.to_string(),
             database.to_string(),
             addr,
-            ctx,
-            view,
+            (ctx, view),
             settings,
             gone,
         ));
@@ -309,20 +311,16 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        let mut scram = ScramAuth::new(Arc::new(crate::auth::Verifiers(
-            self.shared.config.users.clone(),
-        )));
-        scram.set_iterations(crate::auth::SCRAM_ITERATIONS);
-        if let Some(pem) = self.shared.tls_cert_pem.lock().ok().and_then(|p| p.clone())
-            && let Err(e) = scram.configure_certificate(&pem)
-        {
-            warn!(error = %e, "SCRAM channel binding unavailable");
-        }
         Arc::new(Startup {
             shared: self.shared.clone(),
             gone: self.gone.clone(),
-            scram,
-            sasl: tokio::sync::Mutex::new(SASLState::Initial),
+            tls_end_point: self
+                .shared
+                .tls_end_point
+                .lock()
+                .ok()
+                .and_then(|p| p.clone()),
+            sasl: tokio::sync::Mutex::new(Sasl::Initial),
             startup: Mutex::new(None),
         })
     }
@@ -357,11 +355,22 @@ impl ServerParameterProvider for Params {
     }
 }
 
+/// Where a connection's SCRAM exchange is.
+enum Sasl {
+    /// Waiting for the SASLInitialResponse (client-first).
+    Initial,
+    /// Server-first sent, waiting for the client-final message.
+    AwaitingFinal(crate::scram::AwaitingFinal),
+    /// Over (a failure ends the connection).
+    Done,
+}
+
 struct Startup {
     shared: Arc<Shared>,
     gone: CancellationToken,
-    scram: ScramAuth,
-    sasl: tokio::sync::Mutex<SASLState>,
+    /// The certificate hash for SCRAM-SHA-256-PLUS (when TLS is configured).
+    tls_end_point: Option<Arc<[u8]>>,
+    sasl: tokio::sync::Mutex<Sasl>,
     /// The startup parameters, kept while the SCRAM exchange runs.
     startup: Mutex<Option<BTreeMap<String, String>>>,
 }
@@ -513,9 +522,9 @@ impl StartupHandler for Startup {
                             *p = Some(parameters);
                         }
                         client.set_state(PgWireConnectionState::AuthenticationInProgress);
-                        let mut mechanisms = vec![SCRAM_SHA_256_METHOD.to_string()];
-                        if client.is_secure() && self.scram.supports_channel_binding() {
-                            mechanisms.push(SCRAM_SHA_256_PLUS_METHOD.to_string());
+                        let mut mechanisms = vec![crate::scram::MECHANISM.to_string()];
+                        if client.is_secure() && self.tls_end_point.is_some() {
+                            mechanisms.push(crate::scram::MECHANISM_PLUS.to_string());
                         }
                         client
                             .send(PgWireBackendMessage::Authentication(Authentication::SASL(
@@ -536,41 +545,53 @@ impl StartupHandler for Startup {
                 let user = parameters.get("user").cloned().unwrap_or_default();
                 let addr = client.socket_addr();
                 let mut state = self.sasl.lock().await;
-                let msg = if let SASLState::Initial = *state {
-                    let first = msg.into_sasl_initial_response()?;
-                    if ![SCRAM_SHA_256_METHOD, SCRAM_SHA_256_PLUS_METHOD]
-                        .contains(&first.auth_method.as_str())
-                    {
-                        return Err(PgWireError::UnsupportedSASLAuthMethod(first.auth_method));
+                let outcome = match std::mem::replace(&mut *state, Sasl::Done) {
+                    Sasl::Initial => {
+                        let first = msg.into_sasl_initial_response()?;
+                        if ![crate::scram::MECHANISM, crate::scram::MECHANISM_PLUS]
+                            .contains(&first.auth_method.as_str())
+                        {
+                            return Err(PgWireError::UnsupportedSASLAuthMethod(first.auth_method));
+                        }
+                        // Channel binding only where it was offered: over TLS.
+                        let end_point =
+                            self.tls_end_point.as_deref().filter(|_| client.is_secure());
+                        crate::scram::start(
+                            &first.auth_method,
+                            first.data.as_deref().unwrap_or_default(),
+                            self.shared.verifiers.get(&user),
+                            end_point,
+                        )
+                        .map(|(server_first, next)| {
+                            *state = Sasl::AwaitingFinal(next);
+                            Authentication::SASLContinue(server_first.into())
+                        })
                     }
-                    *state = SASLState::ScramClientFirstReceived;
-                    PasswordMessageFamily::SASLInitialResponse(first)
-                } else {
-                    PasswordMessageFamily::SASLResponse(msg.into_sasl_response()?)
+                    Sasl::AwaitingFinal(wait) => {
+                        let resp = msg.into_sasl_response()?;
+                        wait.finish(&resp.data)
+                            .map(|server_final| Authentication::SASLFinal(server_final.into()))
+                    }
+                    Sasl::Done => return Err(PgWireError::InvalidSASLState),
                 };
-                match self.scram.process_scram_message(client, msg, &state).await {
-                    Ok((res, next)) => {
+                match outcome {
+                    Ok(res) => {
                         client
                             .send(PgWireBackendMessage::Authentication(res))
                             .await?;
-                        *state = next;
                     }
                     Err(e) => {
                         self.shared.logins.failed(&user, addr.ip());
                         warn!(user = %user, %addr, "login failed: {e}");
-                        self.shared.audit_login(
-                            &user,
-                            addr,
-                            "28P01",
-                            "wrong password or unknown user",
-                        );
+                        self.shared
+                            .audit_login(&user, addr, "28P01", &e.to_string());
                         return Err(fatal(
                             SqlState::INVALID_PASSWORD,
                             format!("password authentication failed for user \"{user}\""),
                         ));
                     }
                 }
-                if matches!(*state, SASLState::Finished) {
+                if matches!(*state, Sasl::Done) {
                     drop(state);
                     self.shared.logins.succeeded(&user, addr.ip());
                     return self.admit(client, &parameters).await;

@@ -12,6 +12,7 @@ pub mod naming;
 pub mod observe;
 pub mod pgcatalog;
 pub mod rewrite;
+pub mod scram;
 pub mod secrets;
 pub mod server;
 pub mod session;

@@ -115,16 +115,18 @@ fn cli_user() -> String {
         .unwrap_or_else(|_| "cli".into())
 }
 
-fn read_secret_value() -> Result<String, String> {
-    let mut line = String::new();
+/// A line from standard input, wiped from memory when dropped.
+fn read_secret_value() -> Result<zeroize::Zeroizing<String>, String> {
+    let mut line = zeroize::Zeroizing::new(String::new());
     std::io::stdin()
         .read_line(&mut line)
         .map_err(|e| format!("cannot read the value: {e}"))?;
-    let v = line.trim_end_matches(['\r', '\n']).to_string();
-    if v.is_empty() {
+    let len = line.trim_end_matches(['\r', '\n']).len();
+    line.truncate(len);
+    if line.is_empty() {
         return Err("an empty value cannot be stored".into());
     }
-    Ok(v)
+    Ok(line)
 }
 
 fn secrets_command(config: Option<PathBuf>, action: SecretAction) -> Result<(), String> {
@@ -548,7 +550,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Commands::Secrets { config, action } => secrets_command(config, action),
         Commands::Password => {
-            let mut line = String::new();
+            let mut line = zeroize::Zeroizing::new(String::new());
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                 eprint!("password (echoed; or pipe it in): ");
             }

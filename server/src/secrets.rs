@@ -15,6 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
 
 /// Default rotation period (the brief: OAuth tokens every 90 days at most).
 pub const DEFAULT_ROTATION_DAYS: u32 = 90;
@@ -152,11 +153,14 @@ pub fn load_key(key_file: Option<&Path>) -> Result<[u8; 32], String> {
                 .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?
         }
     };
-    let bytes = STANDARD
-        .decode(text.trim())
-        .map_err(|_| "the secret key is not base64".to_string())?;
-    bytes
-        .try_into()
+    // The key's text and bytes are wiped once the key is made.
+    let text = Zeroizing::new(text);
+    let bytes = Zeroizing::new(
+        STANDARD
+            .decode(text.trim())
+            .map_err(|_| "the secret key is not base64".to_string())?,
+    );
+    <[u8; 32]>::try_from(bytes.as_slice())
         .map_err(|_| "the secret key must be 32 bytes (AES-256)".to_string())
 }
 
@@ -198,8 +202,9 @@ impl SecretStore {
         self.file.secrets.iter()
     }
 
-    /// The plaintext of `name`; a wrong key or a changed byte is an error naming the secret.
-    pub fn get(&self, name: &str) -> Result<String, String> {
+    /// The plaintext of `name` (wiped from memory when dropped); a wrong key or a changed byte
+    /// is an error naming the secret.
+    pub fn get(&self, name: &str) -> Result<Zeroizing<String>, String> {
         let e = self
             .file
             .secrets
@@ -223,7 +228,13 @@ impl SecretStore {
                 },
             )
             .map_err(|_| fail())?;
-        String::from_utf8(pt).map_err(|_| fail())
+        match String::from_utf8(pt) {
+            Ok(v) => Ok(Zeroizing::new(v)),
+            Err(e) => {
+                e.into_bytes().zeroize();
+                Err(fail())
+            }
+        }
     }
 
     fn seal(&self, name: &str, value: &str, e: &mut SecretEntry) -> Result<(), String> {
@@ -423,10 +434,13 @@ mod tests {
         let first_nonce = s.file.secrets["github"].nonce.clone();
 
         let mut s = SecretStore::open(&path, key()).expect("reopen");
-        assert_eq!(s.get("github").as_deref(), Ok("ghp_SECRET_123"));
+        assert_eq!(
+            s.get("github").expect("decrypts").as_str(),
+            "ghp_SECRET_123"
+        );
         s.rotate("github", "ghp_NEW_456", "bob").expect("rotate");
         assert_ne!(s.file.secrets["github"].nonce, first_nonce, "fresh nonce");
-        assert_eq!(s.get("github").as_deref(), Ok("ghp_NEW_456"));
+        assert_eq!(s.get("github").expect("decrypts").as_str(), "ghp_NEW_456");
         assert_eq!(s.file.secrets["github"].created_by, "alice");
 
         // A wrong key and a flipped byte both fail with a clear error naming the secret.

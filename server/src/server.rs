@@ -95,10 +95,15 @@ fn tls_acceptor(shared: &Shared) -> std::io::Result<Option<pgwire::tokio::TlsAcc
     let Some((cert, key)) = &shared.config.tls else {
         return Ok(None);
     };
-    let (acceptor, pem) = crate::auth::load_tls(cert, key)
+    let (acceptor, end_point) = crate::auth::load_tls(cert, key)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    if let Ok(mut p) = shared.tls_cert_pem.lock() {
-        *p = Some(pem);
+    if end_point.is_none() {
+        warn!(
+            "SCRAM channel binding unavailable: the TLS certificate's signature algorithm has no hash to bind to (SCRAM-SHA-256-PLUS is not offered)"
+        );
+    }
+    if let Ok(mut p) = shared.tls_end_point.lock() {
+        *p = end_point.map(Arc::from);
     }
     Ok(Some(acceptor))
 }

@@ -40,8 +40,7 @@ impl Session {
         user: String,
         database: String,
         addr: SocketAddr,
-        ctx: SessionContext,
-        catalog: Arc<SessionCatalog>,
+        (ctx, catalog): (SessionContext, Arc<SessionCatalog>),
         settings: Arc<Mutex<Settings>>,
         gone: CancellationToken,
     ) -> Self {

@@ -190,6 +190,13 @@ fn password_prints_a_verifier_not_the_password() {
     assert!(ok, "{err}");
     assert!(out.starts_with("SCRAM-SHA-256$4096:"), "{out}");
     assert!(!out.contains("correct horse"));
+    // <salt>$<StoredKey>:<ServerKey>, the form PostgreSQL keeps (no salted password).
+    let keys = out.trim().rsplit('$').next().unwrap_or_default();
+    assert_eq!(keys.split(':').count(), 2, "{out}");
+    assert!(
+        joinery_server::auth::parse_verifier(out.trim()).is_ok(),
+        "{out}"
+    );
 }
 
 #[test]

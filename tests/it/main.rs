@@ -14,6 +14,7 @@ mod pagerduty;
 mod rate_limits;
 mod rest;
 mod salesforce;
+mod scram;
 mod security;
 mod sessions;
 mod slack;

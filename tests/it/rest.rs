@@ -620,7 +620,14 @@ columns = [ {{ name = "id", type = "bigint" }} ]
         Some("5")
     );
     let stored = |n: &str| {
-        assert_eq!(secrets.open().get("crm_refresh").as_deref(), Ok(n));
+        assert_eq!(
+            secrets
+                .open()
+                .get("crm_refresh")
+                .expect("decrypts")
+                .as_str(),
+            n
+        );
         let raw = std::fs::read_to_string(store_path).expect("file");
         assert!(!raw.contains(n), "encrypted at rest");
     };
@@ -943,7 +950,7 @@ credentials = {{ crm = "${{secret:carol_crm}}" }}
     assert!(fake.request_count() > 0, "bob's read reached the API");
     // The OAuth server rotated it: the store holds the new one, encrypted; alice's is untouched.
     let st = secrets.open();
-    let rotated = st.get("bob_crm").expect("bob's secret");
+    let rotated = st.get("bob_crm").expect("bob's secret").to_string();
     assert!(
         rotated.starts_with("refresh-") && rotated != "refresh-bob",
         "{rotated}"

@@ -621,7 +621,10 @@ async fn only_admins_rotate_secrets_and_refresh_connections() {
             .contains("rotated")
     );
     let store = SecretStore::open(&store_path, k).expect("store");
-    assert_eq!(store.get("sales_token").as_deref(), Ok("new-value-3"));
+    assert_eq!(
+        store.get("sales_token").expect("decrypts").as_str(),
+        "new-value-3"
+    );
     // Metadata in SQL for admins, with the rotation warning; never the value; others: 42501.
     let meta = text_rows(
         &alice,

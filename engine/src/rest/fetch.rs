@@ -16,13 +16,14 @@ use url::Url;
 use super::spec::Method;
 use crate::error::{ErrorKind, JoineryError, Result};
 
-/// A credential. Its `Debug` never shows the value.
+/// A credential. Its `Debug` never shows the value, and each copy of the value is wiped from
+/// memory when that copy is dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(zeroize::Zeroizing<String>);
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
+        Secret(zeroize::Zeroizing::new(s.into()))
     }
     pub fn expose(&self) -> &str {
         &self.0
@@ -524,8 +525,8 @@ impl Fetcher {
         }
         match &config.auth {
             Auth::Bearer(t) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-                    .map_err(|_| bad("Authorization"))?;
+                let text = zeroize::Zeroizing::new(format!("Bearer {}", t.expose()));
+                let mut v = HeaderValue::from_str(&text).map_err(|_| bad("Authorization"))?;
                 v.set_sensitive(true);
                 headers.insert(reqwest::header::AUTHORIZATION, v);
             }
@@ -537,10 +538,12 @@ impl Fetcher {
             }
             Auth::Basic { user, password } => {
                 use base64::Engine;
-                let token = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{user}:{}", password.expose()));
-                let mut v = HeaderValue::from_str(&format!("Basic {token}"))
-                    .map_err(|_| bad("Authorization"))?;
+                let plain = zeroize::Zeroizing::new(format!("{user}:{}", password.expose()));
+                let token = zeroize::Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD.encode(&*plain),
+                );
+                let text = zeroize::Zeroizing::new(format!("Basic {}", *token));
+                let mut v = HeaderValue::from_str(&text).map_err(|_| bad("Authorization"))?;
                 v.set_sensitive(true);
                 headers.insert(reqwest::header::AUTHORIZATION, v);
             }
@@ -916,29 +919,34 @@ impl Fetcher {
                 format!("token refresh at {} failed with HTTP {status}", url.path()),
             ));
         }
-        let body: Value = serde_json::from_slice(&bytes).map_err(|_| {
+        let mut body: Value = serde_json::from_slice(&bytes).map_err(|_| {
             fail(
                 ErrorKind::BadResponse,
                 "token endpoint sent invalid JSON".into(),
             )
         })?;
-        let token = body
-            .get("access_token")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                fail(
+        // The tokens are moved out of the parsed answer into `Secret`s (no copies left behind
+        // in it): they are wiped when the last one is dropped.
+        let token = match body.get_mut("access_token").map(Value::take) {
+            Some(Value::String(t)) => Secret::new(t),
+            _ => {
+                return Err(fail(
                     ErrorKind::BadResponse,
                     "token response has no access_token".into(),
-                )
-            })?;
+                ));
+            }
+        };
         let ttl = body
             .get("expires_in")
             .and_then(Value::as_u64)
             .unwrap_or(3600);
-        if let Some(r) = body.get("refresh_token").and_then(Value::as_str)
+        let issued = match body.get_mut("refresh_token").map(Value::take) {
+            Some(Value::String(r)) => Some(Secret::new(r)),
+            _ => None,
+        };
+        if let Some(new) = issued
             && let Ok(mut slots) = self.refresh_token.lock()
         {
-            let new = Secret::new(r);
             let changed = slots.get(&key) != Some(&new) && refresh.is_none_or(|old| old != &new);
             slots.insert(key.clone(), new.clone());
             drop(slots);
@@ -964,7 +972,7 @@ impl Fetcher {
             .and_then(Value::as_str)
             .and_then(|u| Url::parse(u).ok());
         let t = AccessToken {
-            token: Secret::new(token),
+            token,
             expires_at: Instant::now() + Duration::from_secs(ttl),
             instance_url,
         };
