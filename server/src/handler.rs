@@ -83,6 +83,9 @@ pub struct Shared {
     next_pid: AtomicI32,
     next_query: std::sync::atomic::AtomicU64,
     pub active_connections: AtomicUsize,
+    /// Statements that ran a plan optimized earlier (a prepared statement's, or a repeated
+    /// simple query's) instead of planning again.
+    pub plans_reused: std::sync::atomic::AtomicU64,
     pub logins: crate::auth::LoginLimiter,
     /// The users' SCRAM verifiers (mock ones for unknown users).
     pub verifiers: crate::auth::Verifiers,
@@ -107,6 +110,7 @@ impl Shared {
             next_pid: AtomicI32::new(10_000 + (std::process::id() as i32 % 10_000)),
             next_query: std::sync::atomic::AtomicU64::new(1),
             active_connections: AtomicUsize::new(0),
+            plans_reused: std::sync::atomic::AtomicU64::new(0),
             logins: Default::default(),
             verifiers,
             running: Mutex::new(HashMap::new()),
@@ -701,6 +705,14 @@ pub enum PreparedKind {
         plan: Box<LogicalPlan>,
         /// The latest re-plan, for the epoch it was made under.
         replanned: Arc<Mutex<Option<(PlanEpoch, LogicalPlan)>>>,
+        /// The plan as the optimizer left it at Parse (analyzed, optimized, federated): run as
+        /// it is when nothing it depends on has changed (see [`reusable`]).
+        optimized: Option<Arc<LogicalPlan>>,
+        /// Whether `optimized` may run again later: no parameters to bind, and nothing folded
+        /// into it that changes between executions (`now()`, `random()`).
+        reusable: bool,
+        /// The session settings generation it was optimized under (time zone and friends).
+        settings_gen: u64,
         param_types: Vec<Type>,
         param_data_types: Vec<Option<DataType>>,
         schema: SchemaRef,
@@ -982,6 +994,63 @@ fn described_schema(session: &Session, plan: &LogicalPlan) -> SchemaRef {
     }
 }
 
+/// Functions the optimizer folds into constants that stay true for the whole session unless
+/// its settings change (which invalidates the plan anyway).
+const SESSION_CONSTANT_FUNCTIONS: &[&str] = &[
+    "version",
+    "session_user",
+    "current_user",
+    "current_role",
+    "user",
+    "current_database",
+    "current_catalog",
+    "current_schema",
+    "current_schemas",
+    "pg_backend_pid",
+    "current_setting",
+    "pg_get_userbyid",
+    "format_type",
+    "pg_table_is_visible",
+    "has_table_privilege",
+    "has_schema_privilege",
+    "has_database_privilege",
+    "has_any_column_privilege",
+];
+
+/// Whether an optimized plan may run again later as it is: it binds no parameters, and every
+/// function in it either always gives the same answer for the same arguments or is constant for
+/// the session. `now()`, `current_date`, `random()` and the like make it single-use.
+fn plan_is_reusable(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::Volatility;
+    let mut ok = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        for e in node.expressions() {
+            let _ = e.apply(|x| {
+                let fine = match x {
+                    Expr::Placeholder(_) => false,
+                    Expr::ScalarFunction(f) => {
+                        f.func.signature().volatility == Volatility::Immutable
+                            || SESSION_CONSTANT_FUNCTIONS.contains(&f.func.name())
+                    }
+                    _ => true,
+                };
+                if fine {
+                    Ok(TreeNodeRecursion::Continue)
+                } else {
+                    ok = false;
+                    Ok(TreeNodeRecursion::Stop)
+                }
+            });
+            if !ok {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    ok
+}
+
 /// The plan a prepared statement runs now: the one made at Parse, or — when grants, policies,
 /// the catalog or `search_path` changed since — a fresh one, refused if its result columns
 /// differ from what Describe announced (as PostgreSQL refuses a cached plan that would).
@@ -1066,6 +1135,7 @@ impl StatementParser {
         let sql: Arc<str> = Arc::from(to_plan.to_string());
         let source = Arc::new(to_plan.clone());
         let epoch = session.catalog.plan_epoch();
+        let settings_gen = session.settings_generation();
         let (plan, names) = match plan_statement(session, to_plan).await {
             Ok(p) => p,
             Err(e) => {
@@ -1121,12 +1191,26 @@ impl StatementParser {
                 }
             })
             .collect();
-        let schema = described_schema(session, &plan);
+        // Describe must announce the types execution will produce: type coercion (run by the
+        // analyzer) can still change them, so describe the optimized plan, and keep it to run.
+        let optimized = match &plan {
+            // EXPLAIN renders its plans while optimizing; EXPLAIN ANALYZE runs its own way.
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => None,
+            p => session.ctx.state().optimize(p).ok().map(Arc::new),
+        };
+        let schema = match &optimized {
+            Some(o) => Arc::new(o.schema().as_arrow().clone()),
+            None => described_schema(session, &plan),
+        };
+        let reusable = optimized.is_some() && plan_is_reusable(&plan);
         Ok(Prepared {
             kind: PreparedKind::Query {
                 sql,
                 source,
                 epoch,
+                optimized,
+                reusable,
+                settings_gen,
                 plan: Box::new(plan),
                 replanned: Arc::default(),
                 param_types,
@@ -1220,6 +1304,58 @@ fn show_schema(c: &Command) -> Option<SchemaRef> {
         ]))),
         _ => None,
     }
+}
+
+/// Plans kept per session for repeated simple-protocol text.
+const PLAN_CACHE_ENTRIES: usize = 16;
+/// Longer statements are not kept (they are rarely repeated, and their plans are large).
+const PLAN_CACHE_MAX_SQL: usize = 4096;
+
+/// A plan made earlier in this session for exactly this text, if it may run again now.
+fn cached_plan(session: &Session, sql: &str) -> Option<Arc<Prepared>> {
+    let mut cache = session.plan_cache.lock().ok()?;
+    let i = cache.iter().position(|(k, _)| k.as_ref() == sql)?;
+    let valid = match &cache[i].1.kind {
+        PreparedKind::Query {
+            epoch,
+            settings_gen,
+            reusable,
+            ..
+        } => {
+            *reusable
+                && *epoch == session.catalog.plan_epoch()
+                && *settings_gen == session.settings_generation()
+        }
+        PreparedKind::Command(_) => false,
+    };
+    let entry = cache.remove(i)?;
+    if !valid {
+        return None;
+    }
+    let prepared = entry.1.clone();
+    cache.push_front(entry);
+    Some(prepared)
+}
+
+/// Keep a reusable query's plan for the next time this text comes.
+fn remember_plan(session: &Session, sql: &str, prepared: &Prepared) {
+    if sql.len() > PLAN_CACHE_MAX_SQL
+        || !matches!(prepared.kind, PreparedKind::Query { reusable: true, .. })
+    {
+        return;
+    }
+    if let Ok(mut cache) = session.plan_cache.lock() {
+        cache.retain(|(k, _)| k.as_ref() != sql);
+        cache.push_front((Box::from(sql), Arc::new(prepared.clone())));
+        cache.truncate(PLAN_CACHE_ENTRIES);
+    }
+}
+
+/// What [`QueryHandler::run_plan`] runs: a plan still to optimize, or one the optimizer
+/// already made (at Parse).
+enum PlanToRun {
+    Logical(LogicalPlan),
+    Optimized(Arc<LogicalPlan>),
 }
 
 pub struct QueryHandler {
@@ -1445,7 +1581,7 @@ impl QueryHandler {
         &self,
         client: &mut C,
         session: &Arc<Session>,
-        plan: LogicalPlan,
+        plan: PlanToRun,
         names: Option<&[String]>,
         format: &Format,
         tag: &str,
@@ -1475,24 +1611,38 @@ impl QueryHandler {
         let started = Instant::now();
         let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
         let ctx = session.ctx.clone();
-        let hide_filtered = crate::explain::reads_row_filtered(&session.catalog, &plan);
+        let hide_filtered = match &plan {
+            PlanToRun::Logical(p) => crate::explain::reads_row_filtered(&session.catalog, p),
+            PlanToRun::Optimized(_) => false,
+        };
         let span = tracing::info_span!("query", query_id, user = %session.user, pid = session.pid);
         let (schema, stream) = match tracing::Instrument::instrument(
             guarded(
                 async move {
-                    let stream = match &plan {
+                    let stream = match plan {
                         // Row counts beneath a row filter would tell what it removed.
-                        LogicalPlan::Analyze(a) if hide_filtered => {
-                            crate::explain::analyze(&ctx, a)
+                        PlanToRun::Logical(LogicalPlan::Analyze(a)) if hide_filtered => {
+                            crate::explain::analyze(&ctx, &a)
                                 .await
                                 .map_err(|e| from_datafusion(&e))?
                         }
-                        _ => {
+                        PlanToRun::Logical(plan) => {
                             let df = ctx
                                 .execute_logical_plan(plan)
                                 .await
                                 .map_err(|e| from_datafusion(&e))?;
                             df.execute_stream().await.map_err(|e| from_datafusion(&e))?
+                        }
+                        // Already analyzed and optimized: straight to the physical planner.
+                        PlanToRun::Optimized(plan) => {
+                            let state = ctx.state();
+                            let physical = state
+                                .query_planner()
+                                .create_physical_plan(&plan, &state)
+                                .await
+                                .map_err(|e| from_datafusion(&e))?;
+                            datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
+                                .map_err(|e| from_datafusion(&e))?
                         }
                     };
                     Ok((stream.schema(), stream))
@@ -1969,6 +2119,9 @@ impl QueryHandler {
                 session.apply_settings().await?;
                 deallocate(client, session, None);
                 client.portal_store().clear_portals();
+                if let Ok(mut c) = session.plan_cache.lock() {
+                    c.clear();
+                }
                 Response::Execution(Tag::new("DISCARD ALL"))
             }
             Command::Deallocate(name) => {
@@ -2083,7 +2236,7 @@ impl QueryHandler {
         prepared: &Prepared,
         params: Option<&ParamValues>,
         format: &Format,
-        status: TransactionStatus,
+        (status, fresh): (TransactionStatus, bool),
     ) -> Result<Response, SqlError>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -2111,8 +2264,40 @@ impl QueryHandler {
                 epoch,
                 replanned,
                 schema,
+                optimized,
+                reusable,
+                settings_gen,
                 ..
             } => {
+                // The plan optimized at Parse runs as it is when nothing it depends on moved:
+                // no parameters, the same access, catalog, search_path and settings, and either
+                // it was made for this very execution or it holds nothing time-dependent.
+                let no_params = match params {
+                    None => true,
+                    Some(ParamValues::List(v)) => v.is_empty(),
+                    Some(ParamValues::Map(m)) => m.is_empty(),
+                };
+                if let Some(optimized) = optimized
+                    && no_params
+                    && (*reusable || fresh)
+                    && session.catalog.plan_epoch() == *epoch
+                    && session.settings_generation() == *settings_gen
+                {
+                    if !fresh {
+                        self.shared.plans_reused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return self
+                        .run_plan(
+                            client,
+                            session,
+                            PlanToRun::Optimized(optimized.clone()),
+                            names.as_deref(),
+                            format,
+                            tag,
+                            sql,
+                        )
+                        .await;
+                }
                 // Access, the catalog or search_path may have changed since Parse (REVOKE,
                 // a new policy, SET search_path): then the statement is planned again.
                 let plan = current_plan(session, source, *epoch, plan, replanned, schema).await?;
@@ -2134,8 +2319,16 @@ impl QueryHandler {
                         plan
                     }
                 };
-                self.run_plan(client, session, plan, names.as_deref(), format, tag, sql)
-                    .await
+                self.run_plan(
+                    client,
+                    session,
+                    PlanToRun::Logical(plan),
+                    names.as_deref(),
+                    format,
+                    tag,
+                    sql,
+                )
+                .await
             }
         }
     }
@@ -2251,10 +2444,35 @@ impl SimpleQueryHandler for QueryHandler {
     {
         let session = session_of(client)?;
         debug!(pid = session.pid, sql = %query, "simple query");
+        // The same text again (dashboards, agents, pgbench): its plan is reused while valid.
+        if let Some(prepared) = cached_plan(&session, query) {
+            let status = client.transaction_status();
+            return match self
+                .run_prepared(
+                    client,
+                    &session,
+                    &prepared,
+                    None,
+                    &Format::UnifiedText,
+                    (status, false),
+                )
+                .await
+            {
+                Ok(r) => {
+                    session.set_pending_status(status);
+                    Ok(vec![r])
+                }
+                Err(e) => {
+                    session.set_pending_status(status.to_error_state());
+                    Err(e.into_pgwire())
+                }
+            };
+        }
         let stmts = self.shared.parse(query).map_err(SqlError::into_pgwire)?;
         if stmts.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
+        let single = stmts.len() == 1;
         let mut out = Vec::with_capacity(stmts.len());
         // pgwire applies transaction changes after the whole query string: track them here so
         // `BEGIN; SAVEPOINT a; ...` sees its own BEGIN.
@@ -2262,6 +2480,9 @@ impl SimpleQueryHandler for QueryHandler {
         for stmt in stmts {
             let result = async {
                 let prepared = self.parser.prepare(&session, stmt, &[]).await?;
+                if single {
+                    remember_plan(&session, query, &prepared);
+                }
                 let rollback_to =
                     matches!(prepared.kind, PreparedKind::Command(Command::RollbackTo));
                 self.run_prepared(
@@ -2270,7 +2491,7 @@ impl SimpleQueryHandler for QueryHandler {
                     &prepared,
                     None,
                     &Format::UnifiedText,
-                    status,
+                    (status, true),
                 )
                 .await
                 .map(|r| (r, rollback_to))
@@ -2580,7 +2801,7 @@ impl ExtendedQueryHandler for QueryHandler {
             prepared,
             params.as_ref(),
             &portal.result_column_format,
-            status,
+            (status, false),
         )
         .await
         .map_err(SqlError::into_pgwire)

@@ -1,8 +1,9 @@
 //! One client connection's state: its DataFusion session, settings, and the token that cancels
 //! the statement it is running.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use datafusion::prelude::SessionContext;
@@ -32,6 +33,10 @@ pub struct Session {
     pending_status: Mutex<Option<TransactionStatus>>,
     /// The DataFusion options last pushed by [`Session::apply_settings`].
     applied: Mutex<Vec<(String, String)>>,
+    /// Moves whenever those options change (plans optimized before are stale).
+    settings_gen: AtomicU64,
+    /// Plans of recent simple-protocol statements, by their text, newest first.
+    pub plan_cache: Mutex<VecDeque<(Box<str>, Arc<crate::handler::Prepared>)>>,
 }
 
 impl Session {
@@ -57,7 +62,14 @@ impl Session {
             prepared: Mutex::new(BTreeSet::new()),
             pending_status: Mutex::new(None),
             applied: Mutex::new(Vec::new()),
+            settings_gen: AtomicU64::new(0),
+            plan_cache: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Changes whenever the session's DataFusion options change.
+    pub fn settings_generation(&self) -> u64 {
+        self.settings_gen.load(Ordering::SeqCst)
     }
 
     pub fn settings(&self) -> Result<MutexGuard<'_, Settings>, SqlError> {
@@ -133,6 +145,7 @@ impl Session {
             }
             *applied = assignments.clone();
         }
+        self.settings_gen.fetch_add(1, Ordering::SeqCst);
         // What DataFusion's own SET does, without planning a statement: set the options, then
         // let functions that depend on them (`now()` and the time zone) update.
         let state = self.ctx.state_ref();

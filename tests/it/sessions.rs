@@ -125,3 +125,69 @@ async fn closed_sessions_leave_nothing_behind() {
         "every closed session released its catalog view and its state"
     );
 }
+
+#[tokio::test]
+async fn plans_are_reused_only_while_they_stay_right() {
+    use std::sync::atomic::Ordering;
+    let server = TestServer::demo().await;
+    let c = server.client().await;
+    let reused = || server.shared.plans_reused.load(Ordering::Relaxed);
+
+    // A repeated simple query runs its earlier plan, with the same answer.
+    let q = "SELECT region, count(*) FROM demo.customers GROUP BY 1 ORDER BY 1";
+    let first = text_rows(&c, q).await;
+    let before = reused();
+    assert_eq!(text_rows(&c, q).await, first);
+    assert_eq!(text_rows(&c, q).await, first);
+    assert_eq!(reused(), before + 2, "the repeats ran the kept plan");
+
+    // A prepared statement without parameters runs its Parse-time plan at each Execute.
+    let st = c
+        .prepare("SELECT count(*) FROM demo.orders WHERE status = 'paid'")
+        .await
+        .expect("prepare");
+    let before = reused();
+    let a: i64 = c.query_one(&st, &[]).await.expect("run").get(0);
+    let b: i64 = c.query_one(&st, &[]).await.expect("run").get(0);
+    assert_eq!(a, b);
+    assert_eq!(reused(), before + 2);
+
+    // now() is folded by the optimizer: such plans are never reused, so time moves.
+    let t1 = text_rows(&c, "SELECT now()::text").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t2 = text_rows(&c, "SELECT now()::text").await;
+    assert_ne!(t1, t2, "now() is evaluated per statement");
+    let st = c.prepare("SELECT now()::text").await.expect("prepare");
+    let p1: String = c.query_one(&st, &[]).await.expect("run").get(0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let p2: String = c.query_one(&st, &[]).await.expect("run").get(0);
+    assert_ne!(p1, p2);
+
+    // Settings that change planning invalidate kept plans: the same bare text follows
+    // search_path, and a time zone change is seen.
+    let bare = "SELECT count(*) FROM customers";
+    c.simple_query("SET search_path TO demo")
+        .await
+        .expect("set");
+    assert_eq!(text_rows(&c, bare).await[0][0].as_deref(), Some("50"));
+    assert_eq!(text_rows(&c, bare).await[0][0].as_deref(), Some("50"));
+    c.simple_query("SET search_path TO public")
+        .await
+        .expect("set");
+    let e = c
+        .simple_query(bare)
+        .await
+        .expect_err("not on the path any more");
+    assert_eq!(joinery_tests::sqlstate(&e), "42P01");
+    let tz = "SELECT TIMESTAMPTZ '2026-01-01 12:00:00+00'::text";
+    c.simple_query("SET TIME ZONE 'UTC'").await.expect("tz");
+    let utc = text_rows(&c, tz).await;
+    c.simple_query("SET TIME ZONE 'America/New_York'")
+        .await
+        .expect("tz");
+    assert_ne!(
+        text_rows(&c, tz).await,
+        utc,
+        "the kept plan is not used across SET TIME ZONE"
+    );
+}
