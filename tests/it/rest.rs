@@ -429,11 +429,23 @@ async fn cache_answers_repeats_and_coalesces_concurrent_scans() {
         assert_eq!(ids(&rows), (1..=57).collect::<Vec<i64>>());
     }
     assert_eq!(fake.request_count(), 6, "{:?}", fake.requests());
-    // A repeat within the TTL makes no call at all, and says so in joinery.api_calls.
+    // A repeat within the TTL makes no call at all, and says so in joinery.api_calls; its
+    // pages are not even decoded again (the batches decoded the first time are reused).
     let c = s.client().await;
+    let calls = s.shared.factory.catalog().calls().clone();
+    let reused = calls.decodes_reused();
     let rows = text_rows(&c, "SELECT id FROM api.items").await;
-    assert_eq!(rows.len(), 57);
+    assert_eq!(ids(&rows), (1..=57).collect::<Vec<i64>>());
     assert_eq!(fake.request_count(), 6);
+    assert_eq!(
+        calls.decodes_reused(),
+        reused + 6,
+        "six cached pages, none decoded again"
+    );
+    // Another shape of scan over the same pages decodes them for itself, with its own answer.
+    let names = text_rows(&c, "SELECT title FROM api.items ORDER BY id").await;
+    assert_eq!(names.len(), 57);
+    assert_eq!(calls.decodes_reused(), reused + 6);
     let hits = text_rows(&c, "SELECT count(*) FROM joinery.api_calls WHERE cache_hit").await;
     assert!(
         hits[0][0]

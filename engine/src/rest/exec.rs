@@ -741,10 +741,20 @@ fn page_batches(
         page_no: start_page,
         seen: HashSet::new(),
     };
+    // What a decoded page depends on besides the page itself: a cached page's batches are
+    // reused by scans of the same shape.
+    let shape: Arc<str> = Arc::from(format!(
+        "{}|{:?}|{:?}|{:?}",
+        template_shape(&columns),
+        schema.fields(),
+        walker.spec.skip_if,
+        walker.template.vars
+    ));
     stream::unfold((walker, Some(first)), move |(mut w, pending)| {
         let columns = columns.clone();
         let schema = schema.clone();
         let cache = cache.clone();
+        let shape = shape.clone();
         async move {
             let call = match pending {
                 None => match w.next.take() {
@@ -798,23 +808,37 @@ fn page_batches(
                 Ok(r) => r,
                 Err(e) => return Some((Err(w.answer_error(e)), (w, None))),
             };
-            let cols: Vec<&ColumnSpec> = columns.iter().collect();
-            // Records the table leaves out (GitHub's issues list also returns pull requests).
-            let kept: Vec<Value>;
-            let recs_for_rows = match &w.spec.skip_if {
-                Some(path) => {
-                    kept = recs
-                        .iter()
-                        .filter(|r| lookup(r, path).is_none_or(Value::is_null))
-                        .cloned()
-                        .collect();
-                    kept.as_slice()
+            let memo = page.memo.as_ref().and_then(|m| m.get(&shape));
+            let batch = match memo {
+                // Decoded from this cached page before, for a scan of this shape.
+                Some(b) => {
+                    w.fetcher.log.note_decode_reused();
+                    Ok(b)
                 }
-                None => recs,
+                None => {
+                    let cols: Vec<&ColumnSpec> = columns.iter().collect();
+                    // Records the table leaves out (GitHub's issues list also returns PRs).
+                    let kept: Vec<Value>;
+                    let recs_for_rows = match &w.spec.skip_if {
+                        Some(path) => {
+                            kept = recs
+                                .iter()
+                                .filter(|r| lookup(r, path).is_none_or(Value::is_null))
+                                .cloned()
+                                .collect();
+                            kept.as_slice()
+                        }
+                        None => recs,
+                    };
+                    let batch = decode(&cols, schema, recs_for_rows)
+                        .and_then(|b| fill_request_columns(b, &cols, &w.template.vars))
+                        .map_err(|e| w.answer_error(e));
+                    if let (Ok(b), Some(m)) = (&batch, &page.memo) {
+                        m.put(shape.to_string(), b.clone());
+                    }
+                    batch
+                }
             };
-            let batch = decode(&cols, schema, recs_for_rows)
-                .and_then(|b| fill_request_columns(b, &cols, &w.template.vars))
-                .map_err(|e| w.answer_error(e));
             let next = match w.next_call(&page, recs) {
                 Ok(n) => n,
                 Err(e) => return Some((Err(w.answer_error(e)), (w, None))),
@@ -833,6 +857,15 @@ fn page_batches(
         }
         futures::future::ready(Some(item))
     })
+}
+
+/// The columns a scan decodes, as a key: names, paths and types.
+fn template_shape(columns: &[ColumnSpec]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// Columns declared as `path = "{placeholder}"` hold the request's value for that placeholder

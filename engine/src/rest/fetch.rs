@@ -232,6 +232,8 @@ impl fmt::Debug for SinkSlot {
 pub struct CallLog {
     recent: Mutex<VecDeque<CallRecord>>,
     total: AtomicU64,
+    /// Cached pages whose decoded batches a scan reused (no JSON decoded again).
+    decodes_reused: AtomicU64,
     counters: Mutex<std::collections::BTreeMap<String, CallCounters>>,
     sink: SinkSlot,
     metrics: crate::metrics::Metrics,
@@ -239,6 +241,15 @@ pub struct CallLog {
 
 impl CallLog {
     pub const KEEP: usize = 10_000;
+
+    /// Cached pages a scan read without decoding their JSON again.
+    pub fn decodes_reused(&self) -> u64 {
+        self.decodes_reused.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_decode_reused(&self) {
+        self.decodes_reused.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// Send every call recorded from now on to `sink` as well.
     pub fn set_sink(&self, sink: CallSink) {
@@ -321,8 +332,46 @@ impl CallLog {
 pub struct Page {
     pub status: u16,
     pub headers: HeaderMap,
-    pub body: Value,
+    /// The parsed body, shared with the cache (never copied on a cache hit).
+    pub body: Arc<Value>,
     pub url: Url,
+    /// Response body size in bytes.
+    pub bytes: u64,
+    /// Batches already decoded from this (cached) page, for scans that read it again.
+    pub memo: Option<Arc<DecodeMemo>>,
+}
+
+/// Arrow batches decoded from one cached page, by what they were decoded for (the columns and
+/// projection of a scan): a warm scan reuses them instead of decoding the JSON again. At most
+/// [`DecodeMemo::KEEP`] shapes per page.
+#[derive(Debug, Default)]
+pub struct DecodeMemo {
+    batches: std::sync::Mutex<Vec<(String, arrow::record_batch::RecordBatch)>>,
+}
+
+impl DecodeMemo {
+    const KEEP: usize = 4;
+
+    pub fn get(&self, key: &str) -> Option<arrow::record_batch::RecordBatch> {
+        self.batches
+            .lock()
+            .ok()?
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, b)| b.clone())
+    }
+
+    pub fn put(&self, key: String, batch: arrow::record_batch::RecordBatch) {
+        if let Ok(mut b) = self.batches.lock() {
+            if b.iter().any(|(k, _)| *k == key) {
+                return;
+            }
+            if b.len() >= Self::KEEP {
+                b.remove(0);
+            }
+            b.push((key, batch));
+        }
+    }
 }
 
 /// What a query brings to its calls: how it wants the cache used, and who it is.
@@ -407,15 +456,17 @@ struct AccessToken {
     instance_url: Option<Url>,
 }
 
-/// What the cache keeps of a page: enough to decode it and find the next one.
+/// What the cache keeps of a page: enough to decode it and find the next one, and what scans
+/// decoded from it.
 #[derive(Debug)]
 struct CachedPage {
     at: Instant,
     ttl: Duration,
     status: u16,
     link: Option<HeaderValue>,
-    body: Value,
+    body: Arc<Value>,
     bytes: u64,
+    memo: Arc<DecodeMemo>,
 }
 
 type Limiter = governor::RateLimiter<
@@ -434,7 +485,7 @@ struct Breaker {
 pub struct Fetcher {
     client: reqwest::Client,
     pub config: FetchConfig,
-    log: Arc<CallLog>,
+    pub(crate) log: Arc<CallLog>,
     permits: Arc<Semaphore>,
     cache: Option<moka::future::Cache<String, Arc<CachedPage>>>,
     /// Identity of the credential, so cache entries never cross credentials.
@@ -563,8 +614,9 @@ impl Fetcher {
         let cache = (!config.cache_ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(config.cache_bytes)
+                // A page counts twice: its JSON, and room for the batches decoded from it.
                 .weigher(|_k: &String, v: &Arc<CachedPage>| {
-                    u32::try_from(v.bytes).unwrap_or(u32::MAX)
+                    u32::try_from(v.bytes.saturating_mul(2)).unwrap_or(u32::MAX)
                 })
                 .expire_after(PageExpiry)
                 .build()
@@ -712,14 +764,14 @@ impl Fetcher {
             .try_get_with(key, async {
                 loaded.store(true, Ordering::Relaxed);
                 let page = self.send_guarded(table, call, &policy).await?;
-                let bytes = page.body.to_string().len() as u64;
                 Ok::<_, JoineryError>(Arc::new(CachedPage {
                     at: Instant::now(),
                     ttl: policy.ttl.unwrap_or(self.config.cache_ttl),
                     status: page.status,
                     link: page.headers.get("link").cloned(),
                     body: page.body,
-                    bytes,
+                    bytes: page.bytes,
+                    memo: Arc::default(),
                 }))
             })
             .await
@@ -757,6 +809,8 @@ impl Fetcher {
             status: cached.status,
             headers,
             body: cached.body.clone(),
+            bytes: cached.bytes,
+            memo: Some(cached.memo.clone()),
             url: call.url.clone(),
         })
     }
@@ -1182,8 +1236,10 @@ impl Fetcher {
                                 Ok(body) => Ok(Page {
                                     status,
                                     headers,
-                                    body,
+                                    body: Arc::new(body),
                                     url: call.url.clone(),
+                                    bytes: bytes.len() as u64,
+                                    memo: None,
                                 }),
                                 // A truncated or garbled page may be a transient fault: retry, and
                                 // fail the query if it persists.
