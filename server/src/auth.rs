@@ -129,6 +129,11 @@ impl LoginLimiter {
 
     pub fn failed(&self, user: &str, ip: IpAddr) {
         if let Ok(mut m) = self.failures.lock() {
+            // Failures that no longer lock anyone out are forgotten, so guessing at many
+            // names cannot grow this map without bound.
+            if m.len() >= 10_000 {
+                m.retain(|_, (_, since)| since.elapsed() < LOCKOUT);
+            }
             let e = m
                 .entry((user.to_string(), ip))
                 .or_insert((0, Instant::now()));

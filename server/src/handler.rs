@@ -263,6 +263,13 @@ impl Shared {
         }));
     }
 
+    /// Forget the registry entries of closed sessions (called when a connection ends).
+    pub fn forget_closed_sessions(&self) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.retain(|_, (_, w)| w.strong_count() > 0);
+        }
+    }
+
     /// Sessions still alive: open connections, plus any a closed connection failed to
     /// release (which must never happen; tests check it).
     pub fn live_sessions(&self) -> usize {

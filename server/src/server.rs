@@ -185,6 +185,7 @@ impl RunningServer {
                             let gone = CancellationToken::new();
                             let handlers = Arc::new(Handlers::new(shared.clone(), gone.clone()));
                             let tls = tls.clone();
+                            let shared_for_close = shared.clone();
                             conns.spawn(async move {
                                 let _slot = slot;
                                 let serve = pgwire::tokio::process_socket(socket, tls, handlers);
@@ -202,6 +203,7 @@ impl RunningServer {
                                     None => serve.await,
                                 };
                                 gone.cancel();
+                                shared_for_close.forget_closed_sessions();
                                 if let Err(e) = result {
                                     log_connection_error(peer, &e);
                                 }

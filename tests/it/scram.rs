@@ -315,28 +315,6 @@ async fn a_live_postgresql_verifier_moves_over() {
     server.shutdown().await;
 }
 
-/// A self-signed certificate for localhost made with openssl.
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let cert = dir.join("server.crt");
-    let key = dir.join("server.key");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl runs")
-        .status
-        .success();
-    assert!(ok, "openssl makes a certificate");
-    (cert, key)
-}
-
 async fn psql(conn: &str, password: &str) -> (bool, String) {
     let out = tokio::process::Command::new("psql")
         .arg(conn)
@@ -369,7 +347,7 @@ async fn psql_logs_in_with_and_without_channel_binding() {
         );
     }
     let dir = tempfile::tempdir().expect("tmp");
-    let (cert, key) = self_signed(dir.path());
+    let (cert, key) = joinery_tests::self_signed(dir.path()).expect("openssl makes a certificate");
     let server = TestServer::with_config(&config(
         &format!(
             "tls_cert = \"{}\"\ntls_key = \"{}\"",

@@ -188,32 +188,11 @@ async fn trust_without_users_is_for_loopback_and_plain_passwords_are_refused() {
     assert!(err.to_string().contains("nope"), "{err}");
 }
 
-/// A self-signed certificate for localhost/127.0.0.1 made with openssl.
-fn self_signed(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let cert = dir.join("server.crt");
-    let key = dir.join("server.key");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .ok()?
-        .status
-        .success();
-    ok.then_some((cert, key))
-}
-
 // psql runs as a blocking child process: the server needs a thread of its own meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_required_and_verify_full_from_psql() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (cert, key) = self_signed(dir.path()).expect("openssl makes a certificate");
+    let (cert, key) = joinery_tests::self_signed(dir.path()).expect("openssl makes a certificate");
     let server = TestServer::with_config(&config(&format!(
         "tls_cert = \"{}\"\ntls_key = \"{}\"\nrequire_tls = true",
         cert.display(),
@@ -253,7 +232,7 @@ async fn tls_required_and_verify_full_from_psql() {
     }
     // A certificate the client does not trust fails verify-full.
     let other = tempfile::tempdir().expect("tmp");
-    let (other_cert, _) = self_signed(other.path()).expect("openssl");
+    let (other_cert, _) = joinery_tests::self_signed(other.path()).expect("openssl");
     let out = std::process::Command::new("psql")
         .arg(format!(
             "host=localhost port={} user=alice dbname=joinery sslmode=verify-full sslrootcert={}",
